@@ -1,0 +1,159 @@
+"""config.toml → frozen, typed Config objects, loaded once and passed down explicitly.
+
+Every key has a default (the embedded defaults run a fresh checkout end to end: SQLite
+under ./var, the starter models under ./models, delivery into ./var/Maildir). Relative
+paths in a config file are taken relative to that file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from spamd.errors import ConfigError
+
+ENV_VAR = "SPAMD_CONFIG"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: str = "127.0.0.1:10025"
+    hostname: str = "spamd.localdomain"
+    max_message_size: int = 25 * 1024 * 1024
+    max_connections: int = 500
+    max_recipients: int = 1000
+    max_line_length: int = 1024 * 1024
+    idle_timeout: float = 300.0
+    drain_timeout: float = 60.0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    url: str = "maildir:var/Maildir"
+    timeout: float = 60.0
+    pool_size: int = 8
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    models_dir: str = "models"
+    rnn_rule: str = "uncertain"
+    uncertain_band: tuple[float, float] = (0.05, 0.95)
+    spam_threshold: float | None = None
+    reject_threshold: float | None = None
+    subject_tag: str = ""
+    on_failure: str = "pass"
+    timeout: float = 10.0
+    threads: int = 1
+    batch_max: int = 32
+    batch_wait_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///var/spamd.db"
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    retention_days: int = 30
+    spool: str = "var/scorelog.spool"
+    flush_interval: float = 0.5
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    schedule: str = "0 3 * * *"
+    min_new_labels: int = 20
+    mix_starter: bool = True
+    starter_corpus: str = ""
+    from_scratch: bool = False
+    threads: int = 2
+    epochs: int = 8
+    holdout_fraction: float = 0.2
+    gate_auc_tolerance: float = 0.002
+    gate_fpr_tolerance: float = 0.0
+    poll_interval: float = 10.0
+    lock_stale_after: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def path(self, value: str) -> Path:
+        """A configured path, resolved against the config file's directory."""
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path(self.scoring.models_dir)
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.path(url[len(prefix) :]))
+        return url
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load config from `path`, else $SPAMD_CONFIG, else the embedded defaults."""
+    path = path or os.environ.get(ENV_VAR)
+    if not path:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    cfg = _build(Config, data, "")
+    return replace(cfg, base_dir=p.resolve().parent)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "base_dir"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(sorted(where + k for k in unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{where}{name}] must be a table")
+            kwargs[name] = _build(hint, value, f"{where}{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, hint, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    text = str(hint)
+    if "tuple" in text:
+        if not isinstance(value, list) or len(value) != 2:
+            raise ConfigError(f"{key} must be a list of two numbers")
+        return (float(value[0]), float(value[1]))
+    if value is False and "None" in text:
+        return None  # `false` switches an optional threshold off
+    checks = [(int, "int"), (float, "float"), (str, "str"), (bool, "bool")]
+    for typ, name in checks:
+        if name in text.replace("None", "") and isinstance(value, typ):
+            return float(value) if name == "float" and not isinstance(value, bool) else value
+    raise ConfigError(f"{key} has a bad value {value!r} (expected {text})")

@@ -1,0 +1,1 @@
+"""Raw mail bytes → the parsed, size- and time-guarded view the models read."""

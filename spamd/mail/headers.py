@@ -1,0 +1,56 @@
+"""Header-level operations on raw bytes: split, strip spamd's own headers, prepend, fingerprint.
+
+These work on bytes so that the message spamd forwards is the original, never a
+re-serialised one, and so that no pathological header can make the stdlib parser slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# A header block ends at the first empty line; mail in the wild mixes CRLF and LF.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SPAM_HEADER = re.compile(rb"x-spam-", re.IGNORECASE)
+
+
+def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
+    """Return (header block including its last line break, rest including the empty line)."""
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return raw, b""
+    cut = m.start() + (2 if raw[m.start() : m.start() + 2] == b"\r\n" else 1)
+    return raw[:cut], raw[cut:]
+
+
+def header_fields(block: bytes) -> list[bytes]:
+    """Split a header block into logical fields, each with its continuation lines."""
+    fields: list[bytes] = []
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+def strip_spam_headers(raw: bytes) -> bytes:
+    """Remove every X-Spam-* field, ours or forged by a sender, leaving the rest byte-identical."""
+    block, rest = split_header_block(raw)
+    if not _SPAM_HEADER.search(block):
+        return raw
+    kept = [f for f in header_fields(block) if not _SPAM_HEADER.match(f)]
+    return b"".join(kept) + rest
+
+
+def fingerprint(raw: bytes) -> str:
+    """sha256 of the message as spamd learns it: its own X-Spam-* headers removed."""
+    return hashlib.sha256(strip_spam_headers(raw)).hexdigest()
+
+
+def prepend_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """Put header fields in front of the original bytes, using the message's own line ending."""
+    block, _ = split_header_block(raw)
+    eol = b"\r\n" if b"\r\n" in block[:2000] else b"\n"
+    added = b"".join(f"{name}: {value}".encode("utf-8", "replace") + eol for name, value in headers)
+    return added + raw

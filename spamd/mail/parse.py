@@ -1,0 +1,179 @@
+"""Raw bytes → ParsedMail: the readable parts of a message, guarded in size and time.
+
+Parsing never raises: whatever cannot be read is skipped, and the message is scored
+on the rest. Limits keep any message under a few milliseconds: the header block is
+cleaned of over-long fields before the stdlib parser sees it (one corpus message has a
+Content-Type with thousands of empty parameters that takes seconds in email.policy),
+only the first `max_bytes` of a message are parsed, and text per part is capped.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.message import Message
+
+from spamd.mail.headers import header_fields, split_header_block, strip_spam_headers
+from spamd.mail.html import html_links, html_to_text
+
+MAX_PARSE_BYTES = 512 * 1024
+MAX_FIELD_BYTES = 1024
+MAX_PART_CHARS = 64 * 1024
+MAX_PARTS = 64
+
+_URL = re.compile(r"(?:https?://|www\.)([\w.-]{1,200})", re.IGNORECASE)
+_CHARSET = re.compile(r"""charset\s*=\s*"?([\w.:-]{1,40})""", re.IGNORECASE)
+_ADDR_DOMAIN = re.compile(r"@([\w.-]+)")
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    """What spamd reads of a message. Built by `parse`; holds no I/O."""
+
+    headers: tuple[tuple[str, str], ...]
+    subject: str
+    from_name: str
+    from_domain: str
+    message_id: str
+    text: str  # text/plain parts, decoded
+    html_text: str  # text/html parts, tags stripped
+    link_domains: tuple[str, ...]
+    content_types: tuple[str, ...]
+    charsets: tuple[str, ...]
+    attachments: int
+    size: int
+    defects: tuple[str, ...] = field(default=())
+
+    @property
+    def html_only(self) -> bool:
+        return bool(self.html_text) and not self.text.strip()
+
+
+def parse(raw: bytes) -> ParsedMail:
+    """Parse raw message bytes leniently; never raises on any input."""
+    raw = strip_spam_headers(raw)
+    size = len(raw)
+    msg = email.message_from_bytes(_guard(raw[:MAX_PARSE_BYTES]), policy=policy.compat32)
+    headers = tuple((str(k), _decode_header(v)) for k, v in msg.items())
+    texts: list[str] = []
+    htmls: list[str] = []
+    links: list[str] = []
+    ctypes: list[str] = []
+    charsets: list[str] = []
+    attachments = 0
+    for n, part in enumerate(msg.walk()):
+        if n >= MAX_PARTS:
+            break
+        ctype = part.get_content_type()
+        ctypes.append(ctype)
+        if part.is_multipart():
+            continue
+        if part.get_filename() or ctype.split("/")[0] not in ("text", "message"):
+            attachments += 1
+            continue
+        charset = _charset(part)
+        if charset:
+            charsets.append(charset)
+        body = _decode_payload(part, charset)
+        if ctype == "text/html":
+            links.extend(html_links(body))
+            htmls.append(html_to_text(body))
+        else:
+            texts.append(body)
+    text, html_text = "\n".join(texts), "\n".join(htmls)
+    links.extend(m.group(0) for m in _URL.finditer(text))
+    from_name, from_domain = _split_from(_get(headers, "from"))
+    return ParsedMail(
+        headers=headers,
+        subject=_get(headers, "subject"),
+        from_name=from_name,
+        from_domain=from_domain,
+        message_id=_get(headers, "message-id").strip(),
+        text=text,
+        html_text=html_text,
+        link_domains=tuple(_link_domain(u) for u in links),
+        content_types=tuple(ctypes),
+        charsets=tuple(charsets),
+        attachments=attachments,
+        size=size,
+        defects=tuple(type(d).__name__ for d in msg.defects),
+    )
+
+
+def _guard(raw: bytes) -> bytes:
+    """Truncate over-long header fields so the stdlib parser stays fast on hostile input."""
+    block, rest = split_header_block(raw)
+    fields = header_fields(block)
+    if all(len(f) <= MAX_FIELD_BYTES for f in fields):
+        return raw
+    eol = b"\r\n" if block.endswith(b"\r\n") else b"\n"
+    cut = [f if len(f) <= MAX_FIELD_BYTES else f[:MAX_FIELD_BYTES].rstrip() + eol for f in fields]
+    return b"".join(cut) + rest
+
+
+def _get(headers: tuple[tuple[str, str], ...], name: str) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return ""
+
+
+def _decode_header(value: object) -> str:
+    """RFC 2047 decoding that tolerates unknown charsets and broken encodings."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        chunks = email.header.decode_header(text)
+    except Exception:  # noqa: BLE001 - any malformed header is read as it is
+        return text
+    out = []
+    for chunk, cs in chunks:
+        if isinstance(chunk, bytes):
+            out.append(_to_text(chunk, cs))
+        else:
+            out.append(chunk)
+    return "".join(out)
+
+
+def _charset(part: Message) -> str:
+    """The part's charset, read by regex: `get_content_charset` is slow on hostile headers."""
+    m = _CHARSET.search(str(part.get("content-type", ""))[:MAX_FIELD_BYTES])
+    return m.group(1).lower() if m else ""
+
+
+def _decode_payload(part: Message, charset: str) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - undecodable transfer encoding: read nothing of it
+        return ""
+    if not isinstance(payload, bytes):
+        return ""
+    return _to_text(payload[: MAX_PART_CHARS * 2], charset)[:MAX_PART_CHARS]
+
+
+def _to_text(data: bytes, charset: str | None) -> str:
+    for cs in (charset, "utf-8"):
+        if not cs:
+            continue
+        try:
+            return data.decode(cs)
+        except (LookupError, UnicodeDecodeError, ValueError):
+            continue
+    return data.decode("latin-1")
+
+
+def _split_from(value: str) -> tuple[str, str]:
+    name, _, addr = value.rpartition("<")
+    m = _ADDR_DOMAIN.search(addr or value)
+    domain = m.group(1).lower().rstrip(".>") if m else ""
+    return name.strip().strip('"').strip(), domain
+
+
+def _link_domain(url: str) -> str:
+    host = re.sub(r"^(?:https?://|www\.)", "", url, flags=re.IGNORECASE)
+    host = re.split(r"[/?#:]", host, maxsplit=1)[0].lower()
+    return host.removeprefix("www.")

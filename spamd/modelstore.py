@@ -1,0 +1,180 @@
+"""Model versions on disk: one directory per version under `models/`, weights plus a manifest.
+
+    models/
+      ACTIVE                    the version used when the registry names none
+      20261126T091500Z/
+        manifest.json           model arguments, tokenizer, threshold, combiner, counts,
+                                metrics, and the sha256 of every weight file
+        cnn.safetensors         fp16 weights (loaded without executing code)
+        rnn.safetensors
+
+A version directory is written under a temporary name and renamed into place, so a
+crash half-way never leaves a half-written version that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spamd.combine import Combiner
+from spamd.errors import ModelError, ModelIntegrityError, ModelNotFound
+from spamd.features import TokenizerConfig
+from spamd.nets.cnn import CNNConfig, TextCNN
+from spamd.nets.rnn import RNNConfig, TextRNN
+
+MANIFEST = "manifest.json"
+ACTIVE = "ACTIVE"
+WEIGHT_FILES = ("cnn.safetensors", "rnn.safetensors")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    created: str
+    cnn_args: dict[str, Any]
+    rnn_args: dict[str, Any]
+    tokenizer: dict[str, Any]
+    threshold: float
+    combiner: dict[str, float]
+    train_counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # file name → sha256
+
+
+@dataclass
+class ModelSet:
+    """Both networks of one version, ready to score (eval mode, float32)."""
+
+    manifest: Manifest
+    cnn: TextCNN
+    rnn: TextRNN
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def tokenizer(self) -> TokenizerConfig:
+        return TokenizerConfig(**self.manifest.tokenizer)
+
+    @property
+    def combiner(self) -> Combiner:
+        return Combiner(**self.manifest.combiner)
+
+
+def new_version_name(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def build(cnn_cfg: CNNConfig, rnn_cfg: RNNConfig) -> tuple[TextCNN, TextRNN]:
+    return TextCNN(cnn_cfg), TextRNN(rnn_cfg)
+
+
+def save(models_dir: Path, models: ModelSet) -> Path:
+    """Write a version directory atomically (fp16 weights) and return its path."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    final = models_dir / models.version
+    if final.exists():
+        raise ModelError(f"model version {models.version} already exists in {models_dir}")
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
+    try:
+        files = {}
+        for name, net in zip(WEIGHT_FILES, (models.cnn, models.rnn)):
+            tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+            save_file(tensors, str(tmp / name))
+            files[name] = _sha256(tmp / name)
+        manifest = Manifest(**{**asdict(models.manifest), "files": files})
+        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(models_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    models.manifest = manifest
+    return final
+
+
+def read_manifest(models_dir: Path, version: str) -> Manifest:
+    path = models_dir / version / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelNotFound(f"no model version {version!r} in {models_dir}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+    return Manifest(**data)
+
+
+def load(models_dir: Path, version: str) -> ModelSet:
+    """Load a version, checking every weight file against the manifest's sha256."""
+    manifest = read_manifest(models_dir, version)
+    cnn_args = {**manifest.cnn_args, "widths": tuple(manifest.cnn_args["widths"])}
+    cnn, rnn = build(CNNConfig(**cnn_args), RNNConfig(**manifest.rnn_args))
+    for name, net in zip(WEIGHT_FILES, (cnn, rnn)):
+        path = models_dir / version / name
+        expected = manifest.files.get(name)
+        actual = _sha256(path) if path.exists() else None
+        if actual is None:
+            raise ModelError(f"model version {version}: {name} is missing")
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"model version {version}: {name} has sha256 {actual}, manifest says {expected}; refusing to load"
+            )
+        state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+        net.load_state_dict(state)
+        net.eval()
+    return ModelSet(manifest=manifest, cnn=cnn, rnn=rnn)
+
+
+def list_versions(models_dir: Path) -> list[str]:
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if (p / MANIFEST).is_file())
+
+
+def active_version(models_dir: Path) -> str:
+    """The version named in models/ACTIVE (the registry in SQL may override it)."""
+    try:
+        version = (models_dir / ACTIVE).read_text().strip()
+    except FileNotFoundError as exc:
+        raise ModelNotFound(f"no active model: {models_dir / ACTIVE} is missing") from exc
+    if not version:
+        raise ModelNotFound(f"no active model: {models_dir / ACTIVE} is empty")
+    return version
+
+
+def set_active(models_dir: Path, version: str) -> None:
+    read_manifest(models_dir, version)  # refuse to point at a version that is not there
+    tmp = models_dir / f".{ACTIVE}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, models_dir / ACTIVE)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

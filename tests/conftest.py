@@ -1,0 +1,7 @@
+"""Shared pytest fixtures. Each concern keeps its fixture factories in its own plugin module."""
+
+pytest_plugins = [
+    "tests.fixtures_models",
+    "tests.fixtures_db",
+    "tests.fixtures_smtp",
+]

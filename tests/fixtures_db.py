@@ -1,0 +1,1 @@
+"""Fixtures: db (filled in by the db work)."""

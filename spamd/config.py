@@ -74,7 +74,7 @@ class TrainingConfig:
     starter_corpus: str = ""
     from_scratch: bool = False
     threads: int = 2
-    epochs: int = 8
+    epochs: int = 10
     holdout_fraction: float = 0.2
     gate_auc_tolerance: float = 0.002
     gate_fpr_tolerance: float = 0.0

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from spamd import metrics
-from spamd.combine import fit_combiner
+from spamd.combine import Combiner, consult_rnn, fit_combiner, sigmoid
+from spamd.errors import TrainingError
 from spamd.features import TokenizerConfig
 from spamd.modelstore import Manifest, ModelSet, build, new_version_name
 from spamd.nets.cnn import CNNConfig
@@ -39,15 +40,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    patience: int = 2  # epochs without validation improvement before stopping
+    epochs: int = 10
+    patience: int = 3  # epochs without validation improvement before stopping
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
     val_fraction: float = 0.15
     seed: int = 1
     threads: int = 2
-    ham_cost: float = 10.0  # a false positive costs this many false negatives when choosing the threshold
+    ham_cost: float = 4.0  # a false positive costs this many false negatives when choosing the threshold
     cnn: CNNConfig = field(default_factory=CNNConfig)
     rnn: RNNConfig = field(default_factory=RNNConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -72,8 +73,6 @@ def train(
 ) -> ModelSet:
     """Train both networks and return an unsaved ModelSet with its manifest filled in."""
     if len({s.label for s in samples}) < 2:
-        from spamd.errors import TrainingError
-
         raise TrainingError("training needs both spam and ham messages")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -89,7 +88,7 @@ def train(
     fit(rnn, tr, val, cfg, cfg.rnn.window, "rnn", progress)
     cnn_val, rnn_val = logits(cnn, val, cfg.cnn.window), logits(rnn, val, cfg.rnn.window)
     labels = [s.label for s in val]
-    combiner = fit_combiner(cnn_val, rnn_val, labels)
+    combiner = _fit_combiner(cnn_val, rnn_val, val, cfg)
     manifest = Manifest(
         version=new_version_name(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -110,8 +109,8 @@ def train(
     verdicts = Scorer(models, cfg.policy).score_ids([s.ids for s in val])
     final = [v.score for v in verdicts]
     threshold = metrics.choose_threshold(final, labels, cfg.ham_cost)
-    cnn_scores = [torch.sigmoid(torch.tensor(z)).item() for z in cnn_val]
-    rnn_scores = [torch.sigmoid(torch.tensor(z)).item() for z in rnn_val]
+    cnn_scores = [sigmoid(z) for z in cnn_val]
+    rnn_scores = [sigmoid(z) for z in rnn_val]
     models.manifest = Manifest(
         **{
             **asdict(manifest),
@@ -176,6 +175,19 @@ def logits(net: nn.Module, samples: Sequence[Sample], window: int, batch_size: i
         for j, z in zip(idx, net(pad([samples[k].ids for k in idx], window)).tolist()):
             out[j] = z
     return out
+
+
+def _fit_combiner(cnn_val: list[float], rnn_val: list[float], val: Sequence[Sample], cfg: TrainConfig) -> Combiner:
+    """Fit the combiner on the validation messages the RNN rule would consult (else on all).
+
+    The combination only ever applies to those messages, so that is where it should be
+    good; with too few of them to fit two weights, all validation messages are used.
+    """
+    rule, band, window = cfg.policy.rnn_rule, cfg.policy.uncertain_band, cfg.cnn.window
+    asked = [i for i, s in enumerate(val) if consult_rnn(rule, sigmoid(cnn_val[i]), len(s.ids), window, band)]
+    if len(asked) < 30 or len({val[i].label for i in asked}) < 2:
+        asked = list(range(len(val)))
+    return fit_combiner([cnn_val[i] for i in asked], [rnn_val[i] for i in asked], [val[i].label for i in asked])
 
 
 def _batches(samples: Sequence[Sample], size: int, window: int, rng: random.Random) -> list[list[Sample]]:

@@ -58,9 +58,9 @@ def config_option(f: Any) -> Any:
 
 
 def _register() -> None:
-    from spamd.cli import score, train
+    from spamd.cli import db, label, labels, logs, score, stats, train
 
-    for module in (score, train):
+    for module in (score, train, db, label, labels, logs, stats):
         main.add_command(module.command)
 
 

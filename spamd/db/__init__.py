@@ -1,0 +1,1 @@
+"""The SQL store: schema, migrations, engines, and the repository functions that read and write it."""

@@ -1,0 +1,150 @@
+"""The daemon's score-log writer: `submit` queues in memory; a thread inserts batches or spools them.
+
+    event loop ── submit(row) ──▶ deque (never blocks, never raises)
+    writer thread, every flush_interval or batch_size rows:
+        database up   ──▶ batched INSERT (and first, replay the spool if it has rows)
+        database down ──▶ append to the spool file; retry the database after `retry_after`
+
+A row that the database refuses on its own (bad data) is logged and dropped so that it
+cannot hold back the others; anything else keeps the rows, in memory or in the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session
+
+from spamd.config import Config
+from spamd.db.scorelogs import insert_rows
+from spamd.db.spool import Spool
+from spamd.scorelog import ScoreLogRow
+
+log = logging.getLogger("spamd.db")
+
+
+class ScoreLogWriter:
+    """A `ScoreLogSink` for the daemon. One per process: create it after forking, `close()` it at exit."""
+
+    def __init__(self, engine: Engine, spool: Spool, flush_interval: float = 0.5, batch_size: int = 500,
+                 retry_after: float = 5.0, max_pending: int = 1_000_000) -> None:
+        self.engine, self.spool = engine, spool
+        self.flush_interval, self.batch_size = flush_interval, batch_size
+        self.retry_after, self.max_pending = retry_after, max_pending
+        self.written = self.spooled = self.dropped = 0
+        self._queue: deque[ScoreLogRow] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._down_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, engine: Engine) -> ScoreLogWriter:
+        spool = Spool(cfg.path(cfg.logs.spool))
+        return cls(engine, spool, cfg.logs.flush_interval, cfg.logs.batch_size)
+
+    def start(self) -> ScoreLogWriter:
+        self._thread = threading.Thread(target=self._run, name="spamd-scorelog", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, row: ScoreLogRow) -> None:
+        if len(self._queue) >= self.max_pending:
+            # Only when the writer thread is stuck for a long time: memory matters more then.
+            self.dropped += 1
+            return
+        self._queue.append(row)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread and write out everything still queued."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued row now: to the database if it answers, else to the spool."""
+        with self._lock:
+            self._replay_spool()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                self._write(batch)
+
+    def _replay_spool(self) -> None:
+        if self._is_down() or not self.spool.has_rows():
+            return
+        try:
+            n = self.spool.replay(self._insert, self.batch_size)
+        except Exception as exc:  # noqa: BLE001 - any failure just leaves the rows in the spool
+            self._mark_down(exc)
+            return
+        self.written += n
+        log.warning("score-log database is back: replayed %d spooled rows", n)
+
+    def _write(self, batch: list[ScoreLogRow]) -> None:
+        if not self._is_down():
+            try:
+                self._insert(batch)
+                self.written += len(batch)
+                return
+            except (IntegrityError, DataError):
+                self._insert_one_by_one(batch)
+                return
+            except Exception as exc:  # noqa: BLE001 - the rows go to the spool instead
+                self._mark_down(exc)
+        self._to_spool(batch)
+
+    def _insert(self, rows: Sequence[ScoreLogRow]) -> None:
+        with Session(self.engine) as session, session.begin():
+            insert_rows(session, rows)
+
+    def _insert_one_by_one(self, batch: list[ScoreLogRow]) -> None:
+        for row in batch:
+            if self._is_down():
+                self._to_spool([row])
+                continue
+            try:
+                self._insert([row])
+                self.written += 1
+            except (IntegrityError, DataError) as exc:
+                self.dropped += 1
+                log.error("%s: score-log row refused by the database and dropped: %s", row.id, exc.orig)
+            except Exception as exc:  # noqa: BLE001 - the database went away mid-way
+                self._mark_down(exc)
+                self._to_spool([row])
+
+    def _to_spool(self, batch: list[ScoreLogRow]) -> None:
+        try:
+            self.spool.append(batch)
+            self.spooled += len(batch)
+        except OSError as exc:
+            self.dropped += len(batch)
+            log.error("score-log spool %s failed, %d rows lost: %s", self.spool.path, len(batch), exc)
+
+    def _is_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _mark_down(self, exc: Exception) -> None:
+        if not self._is_down():
+            log.warning("score-log database unreachable, spooling to %s: %s", self.spool.path, exc)
+        self._down_until = time.monotonic() + self.retry_after

@@ -1,1 +1,233 @@
-"""Fixtures: smtp (filled in by the smtp work)."""
+"""Fixtures: real SMTP on loopback — a capturing downstream server and spamd's proxy, each in its own thread.
+
+    client (smtplib / aiosmtplib) ──▶ spamd proxy (Daemon in a thread) ──▶ CaptureServer (aiosmtpd)
+
+The capture server can be told to refuse recipients, answer DATA with a 4xx, answer
+slowly, or be down (stopped and later started again on the same port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from spamd.config import Config, DatabaseConfig, DeliveryConfig, ScoringConfig, SmtpConfig
+from spamd.scorelog import ScoreLogRow
+from spamd.smtp.server import Daemon, load_models
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread; `call` runs a coroutine on it and waits."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@dataclass(frozen=True)
+class Captured:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+
+
+@dataclass
+class Behaviour:
+    refuse: dict[str, str] = field(default_factory=dict)  # recipient → the reply to RCPT
+    data_reply: str | None = None  # e.g. "451 4.3.0 Try later": answered instead of accepting
+    data_delay: float = 0.0  # seconds before answering DATA
+
+
+class _CaptureHandler:
+    def __init__(self, server: CaptureServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        refusal = self.server.behaviour.refuse.get(address)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        b = self.server.behaviour
+        if b.data_delay:
+            await asyncio.sleep(b.data_delay)
+        if b.data_reply:
+            return b.data_reply
+        item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""))
+        with self.server.lock:
+            self.server.messages.append(item)
+        return "250 2.0.0 Ok: queued"
+
+
+class _WideSMTP(SMTP):
+    line_length_limit = 1 << 20  # like Postfix, the downstream takes lines over 998 characters
+
+    def __init__(self, handler: Any, owner: CaptureServer, **kwargs: Any) -> None:
+        self.owner = owner
+        super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        with self.owner.lock:
+            self.owner.connections += 1
+            self.owner.live.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        with self.owner.lock:
+            self.owner.live.discard(self.transport)  # type: ignore[arg-type]
+        super().connection_lost(error)
+
+
+class CaptureServer:
+    """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
+
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        self.messages: list[Captured] = []
+        self.connections = 0  # connections ever made (pooling keeps this small)
+        self.live: set[asyncio.BaseTransport] = set()
+        self.lock = threading.Lock()
+        self.port = 0
+        self._lt = LoopThread("capture-smtp")
+        self._server: asyncio.Server | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        async def go() -> asyncio.Server:
+            loop = asyncio.get_running_loop()
+            return await loop.create_server(
+                lambda: _WideSMTP(_CaptureHandler(self), self, hostname="capture", loop=loop),
+                "127.0.0.1", self.port, reuse_address=True)
+
+        self._server = self._lt.call(go())
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Be down: stop listening and drop every open connection."""
+        async def go() -> None:
+            assert self._server is not None
+            self._server.close()
+            with self.lock:
+                live = list(self.live)
+            for t in live:
+                t.close()
+
+        self._lt.call(go())
+
+    def close(self) -> None:
+        self.stop()
+        self._lt.close()
+
+    def wait_for(self, n: int, timeout: float = 10) -> list[Captured]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.messages)
+
+
+class MemorySink:
+    """A ScoreLogSink that keeps rows in a list (the SQL writer is tested in its own tests and in serve's)."""
+
+    def __init__(self) -> None:
+        self.rows: list[ScoreLogRow] = []
+
+    def submit(self, row: ScoreLogRow) -> None:
+        self.rows.append(row)
+
+
+class ProxyRunner:
+    """spamd's Daemon serving on 127.0.0.1 (a free port) in its own loop thread."""
+
+    def __init__(self, cfg: Config, models: bool = True) -> None:
+        self.cfg = cfg
+        self.sink = MemorySink()
+        self._lt = LoopThread("spamd-proxy")
+        loaded = load_models(cfg) if models else None
+        self.daemon: Daemon = self._lt.call(Daemon.start(cfg, self.sink, loaded))
+        self.port = self.daemon.port
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return self._lt.call(coro, timeout)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the proxy's loop (to change its state between messages)."""
+        async def go() -> T:
+            return fn()
+
+        return self._lt.call(go())
+
+    def stop(self) -> None:
+        self._lt.call(self.daemon.stop(), timeout=self.cfg.smtp.drain_timeout + 10)
+        self._lt.close()
+
+
+def proxy_config(models_dir: Path, delivery_url: str, base_dir: Path, **scoring: Any) -> Config:
+    """A Config for tests, built directly: loopback on a free port, the given models and downstream."""
+    smtp = SmtpConfig(listen="127.0.0.1:0", drain_timeout=10.0, idle_timeout=30.0, workers=1)
+    delivery = DeliveryConfig(url=delivery_url, timeout=10.0, pool_size=4)
+    scoring_cfg = replace(ScoringConfig(models_dir=str(models_dir), batch_wait_ms=2.0), **scoring)
+    database = DatabaseConfig(url=f"sqlite:///{base_dir / 'spamd.db'}")
+    return Config(smtp=smtp, delivery=delivery, scoring=scoring_cfg, database=database, base_dir=base_dir)
+
+
+def send(port: int, raw: bytes, sender: str = "alice@example.org",
+         rcpts: tuple[str, ...] = ("bob@example.net",)) -> dict[str, tuple[int, bytes]]:
+    """Send one message with smtplib; returns the refused recipients (raises as smtplib does)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, list(rcpts), raw)
+
+
+@pytest.fixture
+def capture() -> Iterator[Callable[[], CaptureServer]]:
+    """Factory of capturing downstream servers, all closed at the end of the test."""
+    made: list[CaptureServer] = []
+
+    def make() -> CaptureServer:
+        made.append(CaptureServer())
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[..., ProxyRunner]]:
+    """Factory: `proxy(cfg)` starts spamd on that config; every proxy is stopped at the end."""
+    made: list[ProxyRunner] = []
+
+    def make(cfg: Config, models: bool = True) -> ProxyRunner:
+        made.append(ProxyRunner(cfg, models))
+        return made[-1]
+
+    yield make
+    for runner in made:
+        if runner._lt.loop.is_running():
+            runner.stop()

@@ -1,0 +1,83 @@
+"""Verdict → action (decided apart from acting), and the headers and Subject tag that carry it."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from spamd.config import ScoringConfig
+from spamd.mail.headers import prepend_headers, split_header_block
+from spamd.scorer import Verdict
+
+_SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{0,500}>|[^\r\n]{0,500})", re.IGNORECASE | re.MULTILINE)
+
+
+class Action(enum.Enum):
+    PASS = "passed"  # ham: forwarded with headers
+    TAG = "tagged"  # spam: forwarded with X-Spam-Flag: YES (and the Subject tag, if any)
+    REJECT = "rejected"  # at/above the reject threshold: 550 5.7.1, not forwarded
+    FAIL_OPEN = "failed-open"  # scoring failed: forwarded untagged, X-Spam-Status: Unknown
+    TEMPFAIL = "tempfailed"  # scoring failed and on_failure = "tempfail": 451
+
+
+@dataclass(frozen=True)
+class ActionPolicy:
+    reject_threshold: float | None = None  # None: never reject
+    subject_tag: str = ""
+    tempfail_on_error: bool = False
+
+    @classmethod
+    def from_config(cls, scoring: ScoringConfig) -> ActionPolicy:
+        return cls(scoring.reject_threshold, scoring.subject_tag, scoring.on_failure == "tempfail")
+
+
+def decide(verdict: Verdict | None, policy: ActionPolicy) -> Action:
+    """What to do with a message, given its verdict (None: scoring failed)."""
+    if verdict is None:
+        return Action.TEMPFAIL if policy.tempfail_on_error else Action.FAIL_OPEN
+    if policy.reject_threshold is not None and verdict.score >= policy.reject_threshold:
+        return Action.REJECT
+    return Action.TAG if verdict.is_spam else Action.PASS
+
+
+def verdict_headers(verdict: Verdict | None, log_id: str) -> list[tuple[str, str]]:
+    """The X-Spam-* fields for a verdict; a failed scoring gets only `Unknown` and the log id."""
+    if verdict is None:
+        return [("X-Spam-Status", "Unknown"), ("X-Spam-Id", log_id)]
+    rnn = "none" if verdict.rnn is None else f"{verdict.rnn:.4f}"
+    status = (
+        f"{'Yes' if verdict.is_spam else 'No'}, score={verdict.score:.4f} threshold={verdict.threshold:.4f}"
+        f" cnn={verdict.cnn:.4f} rnn={rnn} long_context={'yes' if verdict.long_context else 'no'}"
+        f" model={verdict.model}"
+    )
+    return [
+        ("X-Spam-Flag", "YES" if verdict.is_spam else "NO"),
+        ("X-Spam-Score", f"{verdict.score:.4f}"),
+        ("X-Spam-Status", status),
+        ("X-Spam-Id", log_id),
+    ]
+
+
+def rewrite(raw: bytes, headers: list[tuple[str, str]], subject_tag: str = "") -> bytes:
+    """The message to forward: the original bytes with `headers` in front (and the Subject tagged)."""
+    if subject_tag:
+        raw = tag_subject(raw, subject_tag)
+    return prepend_headers(raw, headers)
+
+
+def tag_subject(raw: bytes, tag: str) -> bytes:
+    """Insert `tag` at the start of the Subject's value; a message without a Subject gets one."""
+    block, rest = split_header_block(raw)
+    m = _SUBJECT.search(block)
+    if m is None:
+        return prepend_headers(raw, [("Subject", tag.rstrip())])
+    return block[: m.end()] + tag.encode("utf-8") + block[m.end() :] + rest
+
+
+def message_id(raw: bytes) -> str:
+    """The Message-ID for log lines (cheap: one search of the header block; '<none>' if absent)."""
+    block, _ = split_header_block(raw)
+    m = _MESSAGE_ID.search(block)
+    return m.group(1).decode("ascii", "replace").strip() if m else "<none>"

@@ -1,0 +1,77 @@
+"""The seam to the downstream: a transaction opened at MAIL, asked per RCPT, sent at DATA's end.
+
+The envelope is relayed as the client gives it, so every recipient gets the downstream's own
+answer at RCPT time (SMTP's DATA has one reply for all recipients: a refusal known only after
+DATA could not reach the client, and would become "250 and drop"). Two implementations:
+`relay.SmtpDownstream` (smtp://host:port, pooled aiosmtplib connections) and
+`maildir.MaildirDownstream` (maildir:PATH, the embedded default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from spamd.config import Config
+from spamd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def line(self) -> str:
+        """The reply as one SMTP line (a multi-line downstream reply is folded into one)."""
+        return f"{self.code} {' '.join(self.text.split())}".rstrip()
+
+    @classmethod
+    def parse(cls, line: str) -> Reply:
+        code, _, text = line.partition(" ")
+        return cls(int(code), text)
+
+
+class Transaction(Protocol):
+    """One message on its way downstream. Methods answer with a Reply, never raise.
+
+    `abort` ends it politely (RSET) when the client resets or spamd refuses the message;
+    `discard` drops it at once when the client has gone away.
+    """
+
+    async def add_recipient(self, address: str, options: list[str]) -> Reply: ...
+
+    async def send(self, message: bytes) -> Reply: ...
+
+    async def abort(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class Downstream(Protocol):
+    """Where scored mail goes. `begin` answers the MAIL command: a Transaction, or why not."""
+
+    async def begin(self, sender: str, options: list[str]) -> Transaction | Reply: ...
+
+    async def close(self) -> None: ...
+
+
+def open_downstream(cfg: Config) -> Downstream:
+    """The downstream named by [delivery] url."""
+    from spamd.smtp.maildir import MaildirDownstream
+    from spamd.smtp.relay import SmtpDownstream
+
+    url = cfg.delivery.url
+    if url.startswith("maildir:"):
+        return MaildirDownstream(cfg.path(url[len("maildir:") :]))
+    if url.startswith("smtp://"):
+        host, _, port = url[len("smtp://") :].rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"[delivery] url {url!r} must look like smtp://host:port")
+        return SmtpDownstream(host.strip("[]"), int(port), cfg.smtp.hostname, cfg.delivery.timeout,
+                              cfg.delivery.pool_size)
+    raise ConfigError(f"[delivery] url {url!r} must start with smtp:// or maildir:")

@@ -1,0 +1,153 @@
+"""The aiosmtpd handler: the whole flow of one message, top-down, each hook's string is its reply.
+
+MAIL opens a downstream transaction and RCPT asks the downstream about each recipient, so
+the client hears the truth per recipient. At the end of DATA: strip forged X-Spam-* headers,
+score (batched, off the loop), decide, then act (reject, tempfail, or add headers and send),
+log one score-log row, and answer with what the downstream answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from spamd.errors import ScoringError
+from spamd.mail.headers import strip_spam_headers
+from spamd.scorelog import ScoreLogRow, ScoreLogSink, new_log_id
+from spamd.scorer import Verdict
+from spamd.smtp import replies
+from spamd.smtp.actions import Action, ActionPolicy, decide, message_id, rewrite, verdict_headers
+from spamd.smtp.batcher import Batcher
+from spamd.smtp.forward import Downstream, Reply, Transaction
+
+log = logging.getLogger("spamd.smtp")
+score_log = logging.getLogger("spamd.score")
+
+
+class ProxyHandler:
+    def __init__(self, batcher: Batcher, downstream: Downstream, sink: ScoreLogSink, policy: ActionPolicy,
+                 scoring_timeout: float, max_recipients: int) -> None:
+        self.batcher, self.downstream, self.sink = batcher, downstream, sink
+        self.policy = policy  # replaced on reload
+        self.scoring_timeout, self.max_recipients = scoring_timeout, max_recipients
+        self.draining = False
+        self._open: dict[Session, Transaction] = {}  # transactions between MAIL and the end of DATA
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.draining:
+            return replies.SHUTTING_DOWN
+        await self._abort(session)  # EHLO in mid-transaction resets the envelope without RSET
+        begun = await self.downstream.begin(address, mail_options)
+        if isinstance(begun, Reply):
+            return begun.line
+        self._open[session] = begun
+        self._idle.clear()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        txn = self._open.get(session)
+        if txn is None:
+            return replies.DOWNSTREAM_UNAVAILABLE
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        reply = await txn.add_recipient(address, rcpt_options)
+        if reply.ok:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply.line
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self._abort(session)
+        return replies.RESET_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
+        try:
+            raw = strip_spam_headers(envelope.original_content or b"")
+            mid = message_id(raw)
+            verdict, error = await self._score(raw, mid)
+            action = decide(verdict, self.policy)
+            log_id = new_log_id()
+            reply = await self._act(session, raw, verdict, action, log_id)
+        finally:
+            self._close(session)
+        latency = (time.perf_counter() - started) * 1000
+        self._log(session, envelope, raw, mid, log_id, verdict, action, reply, error, latency)
+        return reply.line
+
+    async def _score(self, raw: bytes, mid: str) -> tuple[Verdict | None, str]:
+        try:
+            return await asyncio.wait_for(self.batcher.score(raw), self.scoring_timeout), ""
+        except TimeoutError:
+            score_log.error("%s scoring timed out after %.1fs", mid, self.scoring_timeout)
+            return None, "timeout"
+        except ScoringError as exc:
+            score_log.error("%s scoring failed: %s", mid, exc)
+            return None, str(exc)
+
+    async def _act(self, session: Session, raw: bytes, verdict: Verdict | None, action: Action,
+                   log_id: str) -> Reply:
+        txn = self._open.get(session)
+        if txn is None:
+            return Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
+        if action is Action.REJECT:
+            await txn.abort()
+            return Reply.parse(replies.REJECTED_SPAM)
+        if action is Action.TEMPFAIL:
+            await txn.abort()
+            return Reply.parse(replies.SCORING_TEMPFAIL)
+        tag = self.policy.subject_tag if action is Action.TAG else ""
+        return await txn.send(rewrite(raw, verdict_headers(verdict, log_id), tag))
+
+    def _log(self, session: Session, envelope: Envelope, raw: bytes, mid: str, log_id: str,
+             verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:
+        outcome = action.value if reply.ok or action is Action.REJECT else f"{action.value}, delivery {reply.code}"
+        log.info("%s id=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, envelope.mail_from,
+                 len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
+                 f"{verdict.score:.4f}" if verdict else "-", reply.line, latency)
+        self.sink.submit(ScoreLogRow(
+            id=log_id, time=ScoreLogRow.now(), message_id=mid, sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos), client_addr=_peer(session), size=len(raw),
+            cnn_score=verdict.cnn if verdict else None, rnn_score=verdict.rnn if verdict else None,
+            score=verdict.score if verdict else None, verdict=verdict.label if verdict else "unknown",
+            action=outcome, long_context=verdict.long_context if verdict else False,
+            model_version=verdict.model if verdict else None, latency_ms=latency,
+            error=error or ("" if reply.ok or action is Action.REJECT else reply.line),
+        ))
+
+    async def _abort(self, session: Session) -> None:
+        txn = self._open.get(session)
+        if txn is not None:
+            await txn.abort()
+            self._close(session)
+
+    def _close(self, session: Session) -> None:
+        self._open.pop(session, None)
+        if not self._open:
+            self._idle.set()
+
+    def session_closed(self, session: Session) -> None:
+        """The client went away: a transaction it left open is dropped (nothing was accepted)."""
+        txn = self._open.get(session)
+        if txn is not None:
+            txn.discard()
+            self._close(session)
+
+    async def drained(self) -> None:
+        """Wait until no transaction is open (used by SIGTERM after new ones are refused)."""
+        await self._idle.wait()
+
+
+def _peer(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")

@@ -1,0 +1,35 @@
+"""Every reply spamd itself gives an SMTP client, each chosen on purpose (see DESIGN.md's table).
+
+Replies that come from the downstream (its 250, or its own 5xx for a recipient) are relayed
+as the downstream gave them; these constants are the answers spamd makes up itself.
+"""
+
+from __future__ import annotations
+
+# Accepting the envelope. With maildir: delivery there is no downstream to ask, so spamd answers.
+SENDER_OK = "250 2.1.0 Sender OK"
+RECIPIENT_OK = "250 2.1.5 Recipient OK"
+DELIVERED = "250 2.0.0 Message accepted for delivery"
+RESET_OK = "250 2.0.0 OK"
+
+# The downstream is down, timed out or dropped the connection: the client keeps the message
+# and retries later, so nothing is lost.
+DOWNSTREAM_UNAVAILABLE = "451 4.4.1 Downstream mail server unavailable, try again later"
+
+# Scoring failed and [scoring] on_failure = "tempfail".
+SCORING_TEMPFAIL = "451 4.3.0 Spam filter unavailable, try again later"
+
+# The score reached [scoring] reject_threshold.
+REJECTED_SPAM = "550 5.7.1 Message refused as spam"
+
+# Over [smtp] max_message_size: refused when SIZE= says so at MAIL, else without buffering the rest.
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+
+# Over [smtp] max_recipients: the client sends the rest in another transaction.
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+
+# Over [smtp] max_connections: the MTA retries the connection later.
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+
+# SIGTERM: no new transactions; the ones in flight finish first.
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"

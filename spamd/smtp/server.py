@@ -1,0 +1,158 @@
+"""One proxy worker: its listening socket, handler, batcher and downstream in one event loop.
+
+`Daemon.start` / `stop` / `reload` are what the signal handlers (and the tests) call:
+SIGTERM stops accepting and drains the messages in flight, SIGHUP reloads config and models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from spamd.cli.common import load_active
+from spamd.config import Config, load_config
+from spamd.errors import ConfigError, ModelError, SpamdError
+from spamd.modelstore import ModelSet
+from spamd.scorelog import ScoreLogSink
+from spamd.scorer import Scorer, ScoringPolicy
+from spamd.smtp import replies
+from spamd.smtp.actions import ActionPolicy
+from spamd.smtp.batcher import Batcher
+from spamd.smtp.forward import Downstream, open_downstream
+from spamd.smtp.handler import ProxyHandler
+from spamd.smtp.protocol import Connections, SpamdSMTP
+
+log = logging.getLogger("spamd.smtp")
+
+
+def load_models(cfg: Config) -> ModelSet | None:
+    """The active models (the one place that loads them); None, logged, when there are none usable."""
+    try:
+        return load_active(cfg)
+    except ModelError as exc:
+        logging.getLogger("spamd.score").error("no usable model, every message passes as Unknown: %s", exc)
+        return None
+
+
+def make_scorer(cfg: Config, models: ModelSet | None) -> Scorer | None:
+    if models is None:
+        return None
+    s = cfg.scoring
+    policy = ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)  # type: ignore[arg-type]
+    return Scorer(models, policy)
+
+
+def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
+    """A bound (not yet listening) TCP socket for "host:port" (IPv6 as "[::1]:port")."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"[smtp] listen {listen!r} must look like host:port")
+    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise SpamdError(f"cannot listen on {listen}: {exc.strerror}") from exc
+    return sock
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    handler: ProxyHandler
+    batcher: Batcher
+    downstream: Downstream
+    connections: Connections
+    server: asyncio.Server
+
+    @classmethod
+    async def start(cls, cfg: Config, sink: ScoreLogSink, models: ModelSet | None,
+                    sock: socket.socket | None = None) -> Daemon:
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
+        downstream = open_downstream(cfg)
+        handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
+                               cfg.scoring.timeout, cfg.smtp.max_recipients)
+        conns = Connections(cfg.smtp.max_connections)
+
+        def protocol() -> SpamdSMTP:
+            return SpamdSMTP(handler, conns, line_length_limit=cfg.smtp.max_line_length,
+                             data_size_limit=cfg.smtp.max_message_size, hostname=cfg.smtp.hostname,
+                             ident="spamd", timeout=cfg.smtp.idle_timeout, loop=loop)
+
+        server = await loop.create_server(protocol, sock=sock or listen_socket(cfg.smtp.listen), backlog=1024)
+        return cls(cfg, handler, batcher, downstream, conns, server)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let open transactions finish (up to drain_timeout), then close."""
+        self.server.close()
+        self.handler.draining = True
+        try:
+            await asyncio.wait_for(self.handler.drained(), self.cfg.smtp.drain_timeout)
+        except TimeoutError:
+            log.warning("drain timeout: closing connections with transactions still open")
+        self.connections.close_all(replies.SHUTTING_DOWN)
+        await self.batcher.close()
+        await self.downstream.close()
+
+    async def reload(self, cfg: Config) -> None:
+        """New scoring settings and models; [smtp] and [delivery] changes need a restart."""
+        models = await asyncio.to_thread(load_models, cfg)
+        if models is None:
+            log.error("reload: keeping the models in use")
+        else:
+            self.batcher.scorer = make_scorer(cfg, models)
+        self.handler.policy = ActionPolicy.from_config(cfg.scoring)
+        self.handler.scoring_timeout = cfg.scoring.timeout
+        self.cfg = cfg
+        log.warning("reloaded: model %s", models.version if models else "unchanged")
+
+
+def run(cfg: Config, config_path: str | None, sink_factory: Callable[[Config], tuple[ScoreLogSink, Callable[[], None]]],
+        sock: socket.socket | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT (draining first); SIGHUP reloads."""
+    torch.set_num_threads(cfg.scoring.threads)
+    asyncio.run(_main(cfg, config_path, sink_factory, sock))
+
+
+async def _main(cfg: Config, config_path: str | None,
+                sink_factory: Callable[[Config], tuple[ScoreLogSink, Callable[[], None]]],
+                sock: socket.socket | None) -> None:
+    loop = asyncio.get_running_loop()
+    sink, close_sink = sink_factory(cfg)
+    try:
+        daemon = await Daemon.start(cfg, sink, await asyncio.to_thread(load_models, cfg), sock)
+        log.warning("listening on %s port %d, delivering to %s", cfg.smtp.listen, daemon.port, cfg.delivery.url)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, config_path)))
+        await stop.wait()
+        log.warning("stopping: draining messages in flight")
+        await daemon.stop()
+    finally:
+        close_sink()
+
+
+async def _reload(daemon: Daemon, config_path: str | None) -> None:
+    try:
+        cfg = await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error("reload: %s (keeping the old config)", exc)
+        return
+    await daemon.reload(cfg)

@@ -1,0 +1,124 @@
+"""The proxy end to end on loopback: client → spamd → capturing downstream; verdict headers and actions."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+
+from spamd.scorer import Scorer, ScoringPolicy
+from tests.fixtures_models import DATA, TrainedTiny, fixture_mail
+from tests.fixtures_smtp import proxy_config, send
+
+
+def crlf(raw: bytes) -> bytes:
+    """A fixture message with the CRLF line ends it has on the wire (smtplib sends bytes as given)."""
+    return re.sub(rb"\r?\n", b"\r\n", raw)
+
+
+def _headers(content: bytes) -> dict[str, str]:
+    msg = message_from_bytes(content)
+    return {k: str(v) for k, v in msg.items() if k.lower().startswith("x-spam-")}
+
+
+def test_spam_and_ham_get_the_scorers_verdict_in_headers(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    scorer = Scorer(tiny_trained.load(), ScoringPolicy())
+    mails = [(label, crlf(raw)) for label in ("spam", "ham") for raw in fixture_mail("train", label)[:6]]
+    for _, raw in mails:
+        assert send(p.port, raw) == {}
+    got = down.wait_for(len(mails))
+    assert len(got) == len(mails)
+    flags = {"spam": [], "ham": []}
+    # Scored one by one as the proxy did (sequential sends): the RNN's score moves ~1e-4 with batch padding.
+    expected_verdicts = [scorer.score([raw])[0] for _, raw in mails]
+    for (label, raw), item, expected in zip(mails, got, expected_verdicts, strict=True):
+        h = _headers(item.content)
+        assert h["X-Spam-Flag"] == ("YES" if expected.is_spam else "NO")
+        assert float(h["X-Spam-Score"]) == pytest.approx(expected.score, abs=1e-3)
+        assert h["X-Spam-Status"].startswith("Yes, " if expected.is_spam else "No, ")
+        assert f"model={tiny_trained.version}" in h["X-Spam-Status"]
+        assert re.search(r"cnn=\d\.\d{4} rnn=(none|\d\.\d{4}) long_context=(yes|no)", h["X-Spam-Status"])
+        assert item.content.endswith(raw)  # the original bytes, with headers in front
+        flags[label].append(expected.is_spam)
+    assert any(flags["spam"]) and not all(flags["ham"])  # the tiny model tells them apart at least sometimes
+    rows = {r.id: r for r in p.sink.rows}
+    assert len(rows) == len(mails)
+    for item in got:
+        row = rows[_headers(item.content)["X-Spam-Id"]]
+        assert row.sender == "alice@example.org" and row.recipients == ("bob@example.net",)
+        assert row.action in ("tagged", "passed") and row.model_version == tiny_trained.version
+
+
+def test_forged_spam_headers_are_stripped(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    raw = fixture_mail("train", "spam")[0]
+    forged = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, score=0.0\r\nx-spam-score:\r\n 0.0000\r\n" + raw
+    send(p.port, forged)
+    content = down.wait_for(1)[0].content
+    assert content.count(b"X-Spam-Flag:") == 1 and content.count(b"X-Spam-Status:") == 1
+    assert b"score=0.0\r\n" not in content and b" 0.0000\r\n" not in content
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "malformed").glob("*.eml")))
+def test_malformed_mail_passes_with_a_verdict(name: str, tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    raw = (DATA / "malformed" / name).read_bytes()
+    send(p.port, raw)
+    content = down.wait_for(1)[0].content
+    status = _headers(content)["X-Spam-Status"]
+    assert status.split(",")[0] in ("Yes", "No")
+    if name == "long-line.eml":
+        assert max(len(line) for line in content.split(b"\r\n")) > 998
+
+
+def test_reject_threshold_answers_550_and_forwards_nothing(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                            proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, reject_threshold=0.0))
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(p.port, fixture_mail("train", "spam")[0])
+    assert err.value.smtp_code == 550 and err.value.smtp_error.startswith(b"5.7.1")
+    assert down.messages == []
+    assert [r.action for r in p.sink.rows] == ["rejected"]
+
+
+def test_spam_threshold_and_subject_tag(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path, spam_threshold=0.0, subject_tag="[SPAM] ")
+    p = proxy(cfg)
+    send(p.port, b"Subject: hello there\r\nFrom: a@b.c\r\n\r\nbody\r\n")
+    send(p.port, b"From: a@b.c\r\n\r\nno subject\r\n")
+    first, second = down.wait_for(2)
+    assert b"\r\nSubject: [SPAM] hello there\r\n" in first.content
+    assert _headers(first.content)["X-Spam-Flag"] == "YES"
+    assert b"Subject: [SPAM]\r\n" in second.content
+
+
+def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_path: Path, proxy):
+    p = proxy(proxy_config(tiny_trained.models_dir, "maildir:Maildir", tmp_path))
+    raws = [crlf(raw) for raw in fixture_mail("train", "ham")[:3]]
+    for raw in raws:
+        send(p.port, raw)
+    box = tmp_path / "Maildir"
+    files = sorted((box / "new").iterdir())
+    assert len(files) == 3 and list((box / "tmp").iterdir()) == []
+    contents = [f.read_bytes() for f in files]
+    assert sorted(re.search(rb"X-Spam-Id: (\w+)\r\n", c).group(1).decode() for c in contents) == sorted(
+        r.id for r in p.sink.rows)
+    assert sorted(c.split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for c in contents) == sorted(raws)
+
+
+def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    for raw in fixture_mail("train", "ham")[:5]:
+        send(p.port, raw)
+    assert len(down.wait_for(5)) == 5
+    assert down.connections == 1

@@ -60,8 +60,8 @@ def prepare(raw: bytes) -> Incoming:
 
 
 def clean_text(value: str, limit: int = 512) -> str:
-    """Fit a string to an indexed column: no NUL (PostgreSQL refuses it), at most `limit` characters."""
-    return value.replace("\x00", "")[:limit]
+    """Fit a string to an indexed column: valid UTF-8 without NUL (PostgreSQL refuses both), `limit` characters."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")[:limit]
 
 
 def apply_labels(session: Session, items: list[Incoming], how: Labelling) -> dict[str, str]:

@@ -17,6 +17,7 @@ from spamd.db.schema import ScoreLog
 from spamd.scorelog import ScoreLogRow
 
 _GLOB = re.compile(r"[*?]")
+MAX_INT = 2**31 - 1  # an INTEGER column on PostgreSQL
 
 
 def row_values(row: ScoreLogRow) -> dict[str, Any]:
@@ -24,9 +25,9 @@ def row_values(row: ScoreLogRow) -> dict[str, Any]:
     return {
         "id": row.id, "time": row.time, "message_id": clean_text(row.message_id),
         "sender": clean_text(row.sender), "recipients": clean_text(",".join(row.recipients), 1 << 20),
-        "client_addr": clean_text(row.client_addr, 64), "size": row.size, "cnn_score": row.cnn_score,
-        "rnn_score": row.rnn_score, "score": row.score, "verdict": clean_text(row.verdict, 16),
-        "action": clean_text(row.action, 32), "long_context": row.long_context,
+        "client_addr": clean_text(row.client_addr, 64), "size": min(max(row.size, 0), MAX_INT),
+        "cnn_score": row.cnn_score, "rnn_score": row.rnn_score, "score": row.score,
+        "verdict": clean_text(row.verdict, 16), "action": clean_text(row.action, 32), "long_context": row.long_context,
         "model_version": None if row.model_version is None else clean_text(row.model_version, 128),
         "latency_ms": row.latency_ms, "error": clean_text(row.error, 1 << 16),
         "extra": {clean_text(k): clean_text(str(v), 4096) for k, v in row.extra.items()},

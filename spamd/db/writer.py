@@ -5,8 +5,8 @@
         database up   ──▶ batched INSERT (and first, replay the spool if it has rows)
         database down ──▶ append to the spool file; retry the database after `retry_after`
 
-A row that the database refuses on its own (bad data) is logged and dropped so that it
-cannot hold back the others; anything else keeps the rows, in memory or in the spool.
+A row that the database refuses for itself (bad data) is logged and dropped so that it
+cannot hold back the others; when the database is away, the rows are kept in the spool.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from spamd.config import Config
@@ -27,6 +27,10 @@ from spamd.db.spool import Spool
 from spamd.scorelog import ScoreLogRow
 
 log = logging.getLogger("spamd.db")
+
+# Errors that mean "the database is not there right now" (down, locked, not yet migrated):
+# the rows are kept. Any other error means the rows themselves were refused.
+DOWN = (OperationalError, InterfaceError, ProgrammingError, PoolTimeout)
 
 
 class ScoreLogWriter:
@@ -94,44 +98,39 @@ class ScoreLogWriter:
         if self._is_down() or not self.spool.has_rows():
             return
         try:
-            n = self.spool.replay(self._insert, self.batch_size)
-        except Exception as exc:  # noqa: BLE001 - any failure just leaves the rows in the spool
+            n = self.spool.replay(self._store, self.batch_size)
+        except DOWN as exc:
             self._mark_down(exc)
             return
-        self.written += n
+        except OSError as exc:
+            log.error("score-log spool %s cannot be replayed: %s", self.spool.path, exc)
+            return
         log.warning("score-log database is back: replayed %d spooled rows", n)
 
     def _write(self, batch: list[ScoreLogRow]) -> None:
         if not self._is_down():
             try:
-                self._insert(batch)
-                self.written += len(batch)
+                self._store(batch)
                 return
-            except (IntegrityError, DataError):
-                self._insert_one_by_one(batch)
-                return
-            except Exception as exc:  # noqa: BLE001 - the rows go to the spool instead
+            except DOWN as exc:
                 self._mark_down(exc)
         self._to_spool(batch)
 
-    def _insert(self, rows: Sequence[ScoreLogRow]) -> None:
-        with Session(self.engine) as session, session.begin():
-            insert_rows(session, rows)
-
-    def _insert_one_by_one(self, batch: list[ScoreLogRow]) -> None:
-        for row in batch:
-            if self._is_down():
-                self._to_spool([row])
-                continue
-            try:
-                self._insert([row])
-                self.written += 1
-            except (IntegrityError, DataError) as exc:
-                self.dropped += 1
-                log.error("%s: score-log row refused by the database and dropped: %s", row.id, exc.orig)
-            except Exception as exc:  # noqa: BLE001 - the database went away mid-way
-                self._mark_down(exc)
-                self._to_spool([row])
+    def _store(self, rows: list[ScoreLogRow]) -> None:
+        """Insert rows; a row refused for itself is logged and dropped. Raises only DOWN errors."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                insert_rows(session, rows)
+            self.written += len(rows)
+        except DOWN:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad row must not hold back the others
+            if len(rows) > 1:
+                for row in rows:
+                    self._store([row])
+                return
+            self.dropped += 1
+            log.error("%s: score-log row refused and dropped: %s", rows[0].id, exc)
 
     def _to_spool(self, batch: list[ScoreLogRow]) -> None:
         try:

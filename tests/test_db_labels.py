@@ -1,0 +1,68 @@
+"""The labelled-mail repository: keys without X-Spam-* headers, add / relabel / unchanged, forget, counts."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from spamd.db import labels
+from spamd.db.labels import Labelling
+from tests.fixtures_models import fixture_mail
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+SPAM_ID = "0190f00000001234abcd"
+
+
+def tagged(raw: bytes) -> bytes:
+    return f"X-Spam-Flag: YES\nX-Spam-Id: {SPAM_ID}\nX-Spam-Score: 0.97\n".encode() + raw
+
+
+def how(label: str, user: str = "alice", when: datetime = NOW) -> Labelling:
+    return Labelling(label, user, "cli", when)
+
+
+def test_the_key_ignores_spamds_own_headers_and_keeps_the_score_log_id() -> None:
+    raw = fixture_mail("train", "spam")[0]
+    plain, marked = labels.prepare(raw), labels.prepare(tagged(raw))
+    assert plain.sha256 == marked.sha256 == hashlib.sha256(plain.raw).hexdigest()
+    assert marked.raw == plain.raw and b"X-Spam-" not in marked.raw
+    assert (plain.score_log_id, marked.score_log_id) == (None, SPAM_ID)
+    assert marked.subject and marked.message_id.startswith("<")
+
+
+def test_add_then_same_label_is_unchanged_then_other_label_relabels(engine: Engine) -> None:
+    items = [labels.prepare(raw) for raw in fixture_mail("train", "spam")[:3]]
+    with Session(engine) as s, s.begin():
+        assert set(labels.apply_labels(s, items, how("spam")).values()) == {"added"}
+    with Session(engine) as s, s.begin():
+        assert set(labels.apply_labels(s, items, how("spam", "bob")).values()) == {"unchanged"}
+    later = NOW + timedelta(hours=1)
+    with Session(engine) as s, s.begin():
+        assert labels.apply_labels(s, items[:1], how("ham", "carol", later)) == {items[0].sha256: "relabelled"}
+    with Session(engine) as s:
+        assert labels.counts(s) == [("ham", "carol", "cli", 1), ("spam", "alice", "cli", 2)]
+        assert labels.count_since(s, NOW) == 1 and labels.count_since(s, None) == 3
+
+
+def test_forget_removes_only_what_was_labelled(engine: Engine) -> None:
+    ham = [labels.prepare(raw) for raw in fixture_mail("train", "ham")[:2]]
+    with Session(engine) as s, s.begin():
+        labels.apply_labels(s, ham[:1], how("ham"))
+    with Session(engine) as s, s.begin():
+        assert labels.forget(s, [i.sha256 for i in ham]) == {ham[0].sha256}
+    with Session(engine) as s:
+        assert labels.counts(s) == []
+
+
+def test_stored_bytes_come_back_intact_for_training(engine: Engine) -> None:
+    raws = fixture_mail("train", "ham")[:5] + fixture_mail("malformed", "")[:3]
+    items = [labels.prepare(tagged(raw)) for raw in raws]
+    with Session(engine) as s, s.begin():
+        labels.apply_labels(s, items, how("ham"))
+    with Session(engine) as s:
+        back = list(labels.iter_labelled(s, batch=3))
+    assert sorted(back) == sorted((i.sha256, "ham", i.raw) for i in items)
+    assert all(hashlib.sha256(raw).hexdigest() == sha for sha, _, raw in back)

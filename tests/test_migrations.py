@@ -1,0 +1,95 @@
+"""Migrations build exactly the ORM's schema, walk down and up cleanly, and commands refuse an old schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from spamd.db import migrate
+from spamd.db.engine import make_engine
+from spamd.db.schema import Base
+from spamd.db.store import open_store
+from spamd.errors import SchemaOutOfDate
+from tests.fixtures_db import write_config
+
+
+def differences(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_of_an_empty_database_matches_the_orm(empty_db: Callable[[], str]) -> None:
+    url = empty_db()
+    migrate.upgrade(url)
+    assert differences(url) == []
+    assert tables(url) == set(Base.metadata.tables)
+
+
+def test_every_revision_walks_down_and_up(empty_db: Callable[[], str]) -> None:
+    url = empty_db()
+    revisions = [r.revision for r in reversed(list(migrate.script().walk_revisions()))]  # oldest first
+    for rev in revisions:
+        migrate.upgrade(url, rev)
+        migrate.downgrade(url, "-1")
+        migrate.upgrade(url, rev)
+    migrate.downgrade(url, "base")
+    assert tables(url) == set()
+    migrate.upgrade(url)
+    assert differences(url) == []
+
+
+def test_an_empty_or_old_schema_is_refused_naming_the_command(empty_db: Callable[[], str]) -> None:
+    url = empty_db()
+    migrate.upgrade(url)  # an existing database, then one revision back: out of date
+    migrate.downgrade(url, "-1")
+    try:
+        open_store(url)
+    except SchemaOutOfDate as exc:
+        assert "spamd db upgrade" in str(exc)
+    else:
+        raise AssertionError("an out-of-date schema was accepted")
+
+
+def test_a_missing_sqlite_file_is_created_and_migrated_on_first_use(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'var' / 'spamd.db'}"
+    engine = open_store(url)
+    engine.dispose()
+    assert (tmp_path / "var" / "spamd.db").exists()
+    assert differences(url) == []
+
+
+def test_commands_refuse_an_out_of_date_schema_and_db_upgrade_fixes_it(
+        empty_db: Callable[[], str], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from spamd.cli import main
+
+    url = empty_db()
+    migrate.upgrade(url)
+    migrate.downgrade(url, "base")
+    config = str(write_config(tmp_path / "config.toml", url))
+    run = CliRunner().invoke
+    refused = run(main, ["--config", config, "logs", "--since", "1h"])
+    assert refused.exit_code == 1
+    assert "spamd db upgrade" in refused.stderr
+    assert "schema empty (out of date" in run(main, ["db", "current", "--config", config]).stdout
+    upgraded = run(main, ["db", "upgrade", "--config", config])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert f"schema {migrate.head()} (at head)" in run(main, ["db", "current", "--config", config]).stdout
+    assert run(main, ["--config", config, "logs"]).exit_code == 0

@@ -99,10 +99,13 @@ def _read_mbox(path: Path) -> Iterator[Item]:
     except (OSError, mailbox.Error) as exc:
         yield Item(str(path), None, str(exc))
         return
-    for n, key in enumerate(keys):
-        try:
-            raw = box.get_bytes(key)
-        except (OSError, mailbox.Error) as exc:
-            yield Item(f"{path}#{n}", None, str(exc))
-            continue
-        yield _checked(f"{path}#{n}", raw)
+    try:
+        for n, key in enumerate(keys):
+            try:
+                raw = box.get_bytes(key)
+            except (OSError, mailbox.Error) as exc:
+                yield Item(f"{path}#{n}", None, str(exc))
+                continue
+            yield _checked(f"{path}#{n}", raw)
+    finally:
+        box.close()

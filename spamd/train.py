@@ -48,6 +48,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 1
     threads: int = 2
+    device: str = "cpu"  # "cuda" trains on a GPU when there is one; scoring always loads to CPU
     ham_cost: float = 4.0  # a false positive costs this many false negatives when choosing the threshold
     cnn: CNNConfig = field(default_factory=CNNConfig)
     rnn: RNNConfig = field(default_factory=RNNConfig)
@@ -84,9 +85,10 @@ def train(
         _warm_start(cnn, parent.cnn)
         _warm_start(rnn, parent.rnn)
     started = time.monotonic()
-    fit(cnn, tr, val, cfg, cfg.cnn.window, "cnn", progress)
-    fit(rnn, tr, val, cfg, cfg.rnn.window, "rnn", progress)
+    fit(cnn.to(cfg.device), tr, val, cfg, cfg.cnn.window, "cnn", progress)
+    fit(rnn.to(cfg.device), tr, val, cfg, cfg.rnn.window, "rnn", progress)
     cnn_val, rnn_val = logits(cnn, val, cfg.cnn.window), logits(rnn, val, cfg.rnn.window)
+    cnn, rnn = cnn.cpu(), rnn.cpu()
     labels = [s.label for s in val]
     combiner = _fit_combiner(cnn_val, rnn_val, val, cfg)
     manifest = Manifest(
@@ -145,8 +147,8 @@ def fit(
         net.train()
         batches = _batches(tr, cfg.batch_size, window, rng)
         for n, batch in enumerate(batches):
-            x = pad([s.ids for s in batch], window)  # (B, T)
-            y = torch.tensor([float(s.label) for s in batch])  # (B,)
+            x = pad([s.ids for s in batch], window).to(cfg.device, non_blocking=True)  # (B, T)
+            y = torch.tensor([float(s.label) for s in batch], device=cfg.device)  # (B,)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(x), y)
             loss.backward()
@@ -168,11 +170,12 @@ def fit(
 @torch.inference_mode()
 def logits(net: nn.Module, samples: Sequence[Sample], window: int, batch_size: int = 64) -> list[float]:
     net.eval()
+    device = next(net.parameters()).device
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].ids))
     out = [0.0] * len(samples)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
-        for j, z in zip(idx, net(pad([samples[k].ids for k in idx], window)).tolist()):
+        for j, z in zip(idx, net(pad([samples[k].ids for k in idx], window).to(device)).tolist()):
             out[j] = z
     return out
 

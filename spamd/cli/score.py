@@ -8,7 +8,7 @@ import sys
 import click
 import torch
 
-from spamd.cli import get_config
+from spamd.cli import config_option, get_config
 from spamd.cli.common import expand_paths, load_active
 from spamd.corpus import read_messages
 from spamd.scorer import Scorer, ScoringPolicy
@@ -17,6 +17,7 @@ BATCH = 64
 
 
 @click.command("score")
+@config_option
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--model", "version", default=None, help="Model version (default: the active one).")

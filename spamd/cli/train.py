@@ -8,7 +8,7 @@ import sys
 import click
 
 from spamd import modelstore
-from spamd.cli import get_config
+from spamd.cli import config_option, get_config
 from spamd.cli.common import Bar, expand_paths
 from spamd.corpus import read_messages
 from spamd.features import TokenizerConfig, token_ids
@@ -19,15 +19,17 @@ from spamd.train import Sample, TrainConfig, train
 
 
 @click.command("train")
+@config_option
 @click.option("--spam", multiple=True, required=True, help="Spam: file, directory, Maildir, mbox or @LIST (repeatable).")
 @click.option("--ham", multiple=True, required=True, help="Ham: file, directory, Maildir, mbox or @LIST (repeatable).")
 @click.option("--from", "parent", default=None, help="Start from this version's weights.")
 @click.option("--epochs", type=int, default=None, help="Most epochs per network (default: from config).")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device to train on, e.g. cuda.")
 @click.option("--activate", is_flag=True, help="Make the new version the active one.")
 @click.pass_context
 def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], parent: str | None,
-            epochs: int | None, seed: int, activate: bool) -> None:
+            epochs: int | None, seed: int, device: str, activate: bool) -> None:
     """Train a new model version from directories of raw messages, Maildir folders or mbox files."""
     cfg = get_config(ctx)
     tok = TokenizerConfig()
@@ -42,6 +44,7 @@ def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], par
         epochs=epochs or cfg.training.epochs,
         seed=seed,
         threads=cfg.training.threads,
+        device=device,
         tokenizer=tok,
         policy=ScoringPolicy(rnn_rule=cfg.scoring.rnn_rule, uncertain_band=cfg.scoring.uncertain_band),  # type: ignore[arg-type]
     )

@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy, speed, load and adaptation, measured on the shared corpus."""

@@ -1,0 +1,95 @@
+"""Accuracy on the SPLIT test rows: CNN alone, RNN alone, each RNN rule, the long-message
+subset, and bogofilter trained on the same train rows in the same run.
+
+    python -m bench.accuracy [--model VERSION] [--config config.toml] [--json bench/out/accuracy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.corpus import Bogofilter, machine, rows
+from spamd import metrics
+from spamd.cli.common import load_active
+from spamd.config import load_config
+from spamd.scorer import Scorer, ScoringPolicy, encode
+from spamd.train import Sample, logits
+
+BOGO_CUTOFF = 0.99  # bogofilter's default spam_cutoff
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--json", default="bench/out/accuracy.json")
+    ap.add_argument("--no-bogofilter", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    models = load_active(load_config(args.config), args.model)
+    test = rows("test")
+    labels = [r.label for r in test]
+    ids = [encode(r.raw(), models) for r in test]
+    th = models.manifest.threshold
+    results: dict[str, dict] = {}
+    cnn_only = [v.score for v in Scorer(models, ScoringPolicy(rnn_rule="never")).score_ids(ids)]
+    samples = [Sample(i, y, "") for i, y in zip(ids, labels)]
+    rnn_only = [torch.sigmoid(torch.tensor(z)).item() for z in logits(models.rnn, samples, models.rnn.cfg.window)]
+    results["cnn alone"] = metrics.report(cnn_only, labels, th).to_dict()
+    results["rnn alone"] = metrics.report(rnn_only, labels, th).to_dict()
+    for rule in ("uncertain", "long", "always"):
+        verdicts = Scorer(models, ScoringPolicy(rnn_rule=rule)).score_ids(ids)  # type: ignore[arg-type]
+        rep = metrics.report([v.score for v in verdicts], labels, th).to_dict()
+        rep["rnn_consulted"] = sum(v.rnn is not None for v in verdicts)
+        rep["long_context_flags"] = sum(v.long_context for v in verdicts)
+        results[f"combined, rnn_rule={rule}"] = rep
+    long_idx = [i for i, x in enumerate(ids) if len(x) > models.cnn.cfg.window]
+    sub = lambda xs: [xs[i] for i in long_idx]  # noqa: E731
+    always = [v.score for v in Scorer(models, ScoringPolicy(rnn_rule="always")).score_ids(ids)]
+    results["long subset: cnn alone"] = metrics.report(sub(cnn_only), sub(labels), th).to_dict()
+    results["long subset: rnn alone"] = metrics.report(sub(rnn_only), sub(labels), th).to_dict()
+    results["long subset: combined"] = metrics.report(sub(always), sub(labels), th).to_dict()
+    if not args.no_bogofilter:
+        results.update(bogofilter_results(test, labels, long_idx))
+    out = {"machine": machine(), "model": models.version, "threshold": th, "test_rows": len(test),
+           "long_messages": len(long_idx), "cnn_window": models.cnn.cfg.window, "results": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print_table(out)
+
+
+def bogofilter_results(test: list, labels: list[int], long_idx: list[int]) -> dict[str, dict]:
+    bogo = Bogofilter()
+    try:
+        started = time.monotonic()
+        train = rows("train")
+        bogo.train([r.path for r in train if r.label], [r.path for r in train if not r.label])
+        trained = time.monotonic() - started
+        scores = bogo.score([r.path for r in test])
+    finally:
+        bogo.close()
+    res = {"bogofilter 1.2.5": {**metrics.report(scores, labels, BOGO_CUTOFF).to_dict(),
+                                "train_seconds": round(trained, 1)}}
+    res["long subset: bogofilter"] = metrics.report([scores[i] for i in long_idx],
+                                                    [labels[i] for i in long_idx], BOGO_CUTOFF).to_dict()
+    return res
+
+
+def print_table(out: dict) -> None:
+    print(f"model {out['model']}, threshold {out['threshold']:.4f}, {out['test_rows']} test rows "
+          f"({out['long_messages']} longer than the CNN window of {out['cnn_window']} tokens); {out['machine']}")
+    print("| scorer | (1-ROCA)% | FPR | FNR | recall @FPR≤0.1% | recall @FPR≤0.5% |")
+    print("|---|---|---|---|---|---|")
+    for name, r in out["results"].items():
+        print(f"| {name} | {r['one_minus_roca_pct']:.4f} | {100 * r['fpr']:.2f}% | {100 * r['fnr']:.2f}% | "
+              f"{100 * r['recall_at_fpr_0_1']:.1f}% | {100 * r['recall_at_fpr_0_5']:.1f}% |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

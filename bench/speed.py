@@ -1,0 +1,74 @@
+"""Scoring speed, raw bytes → Verdict: messages/s and per-message latency p50/p99 at batch 1
+and batched, with 1 and 2 torch threads; RSS with both models loaded.
+
+    python -m bench.speed [--model VERSION] [--config config.toml] [--json bench/out/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.corpus import machine, rows
+from spamd.cli.common import load_active
+from spamd.config import load_config
+from spamd.scorer import Scorer, ScoringPolicy
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(scorer: Scorer, raws: list[bytes], batch: int) -> dict[str, float]:
+    scorer.score(raws[:batch])  # warm-up: first calls allocate
+    per_msg: list[float] = []
+    started = time.perf_counter()
+    for i in range(0, len(raws), batch):
+        chunk = raws[i : i + batch]
+        t = time.perf_counter()
+        scorer.score(chunk)
+        per_msg += [(time.perf_counter() - t) * 1000] * len(chunk)  # each waits for its whole batch
+    elapsed = time.perf_counter() - started
+    per_msg.sort()
+    return {
+        "messages_per_s": round(len(raws) / elapsed, 1),
+        "latency_p50_ms": round(statistics.median(per_msg), 2),
+        "latency_p99_ms": round(per_msg[int(0.99 * (len(per_msg) - 1))], 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--json", default="bench/out/speed.json")
+    ap.add_argument("--rule", default="uncertain")
+    args = ap.parse_args()
+    base_rss = rss_mb()
+    models = load_active(load_config(args.config), args.model)
+    raws = [r.raw() for r in rows("test")]
+    scorer = Scorer(models, ScoringPolicy(rnn_rule=args.rule))  # type: ignore[arg-type]
+    results = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for batch in (1, 32):
+            results[f"threads={threads} batch={batch}"] = run(scorer, raws, batch)
+            print(f"threads={threads} batch={batch}: {results[f'threads={threads} batch={batch}']}", flush=True)
+    out = {"machine": machine(), "model": models.version, "rnn_rule": args.rule, "messages": len(raws),
+           "rss_mb_before_models": round(base_rss, 1), "rss_mb_after": round(rss_mb(), 1), "results": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

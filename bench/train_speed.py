@@ -1,0 +1,101 @@
+"""Training time for both networks on the SPLIT train rows, on CPU or GPU, and what the
+model's size costs in accuracy (hashed-token table sizes, fp16 storage).
+
+    python -m bench.train_speed --dump var/tokens.pt            # tokenize the corpus once
+    python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep]
+
+The tokens file lets the run happen on a machine without the corpus (a lent GPU box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from spamd import metrics
+from spamd.features import TokenizerConfig, token_ids
+from spamd.mail.headers import fingerprint
+from spamd.mail.parse import parse
+from spamd.modelstore import ModelSet
+from spamd.nets.cnn import CNNConfig
+from spamd.scorer import Scorer, ScoringPolicy
+from spamd.train import Sample, TrainConfig, train
+
+
+def dump(path: Path) -> None:
+    from bench.corpus import rows
+
+    tok = TokenizerConfig()
+    data = {"train": [], "test": []}
+    for r in rows():
+        raw = r.raw()
+        data[r.split].append({"ids": token_ids(parse(raw), tok), "label": r.label, "key": fingerprint(raw)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    print(f"wrote {path}: {len(data['train'])} train, {len(data['test'])} test")
+
+
+def load(path: Path) -> tuple[list[Sample], list[Sample]]:
+    data = torch.load(path, weights_only=True)
+    as_samples = lambda xs: [Sample(x["ids"], x["label"], x["key"]) for x in xs]  # noqa: E731
+    return as_samples(data["train"]), as_samples(data["test"])
+
+
+def fp16_round_trip(models: ModelSet) -> ModelSet:
+    """The weights as the version files store them (fp16), back in fp32."""
+    for net in (models.cnn, models.rnn):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(p.to(torch.float16).to(torch.float32))
+    return models
+
+
+def evaluate(models: ModelSet, test: list[Sample]) -> dict[str, float]:
+    labels = [s.label for s in test]
+    verdicts = Scorer(models, ScoringPolicy()).score_ids([s.ids for s in test])
+    rep = metrics.report([v.score for v in verdicts], labels, models.manifest.threshold)
+    return {"one_minus_roca_pct": round(rep.one_minus_roca_pct, 4), "fpr": rep.fpr, "fnr": rep.fnr}
+
+
+def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig) -> dict:
+    started = time.monotonic()
+    models = train(train_set, cfg)
+    seconds = time.monotonic() - started
+    params = sum(p.numel() for net in (models.cnn, models.rnn) for p in net.parameters())
+    out = {"device": cfg.device, "threads": cfg.threads, "cnn_buckets": cfg.cnn.buckets,
+           "train_seconds": round(seconds, 1), "fp16_megabytes": round(params * 2 / 2**20, 1),
+           "fp32": evaluate(models, test)}
+    out["fp16"] = evaluate(fp16_round_trip(models), test)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dump", type=Path)
+    ap.add_argument("--tokens", type=Path)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", action="store_true", help="also train with other CNN table sizes")
+    ap.add_argument("--json", type=Path, default=Path("bench/out/train_speed.json"))
+    args = ap.parse_args()
+    if args.dump:
+        return dump(args.dump)
+    train_set, test = load(args.tokens)
+    base = TrainConfig(device=args.device, threads=args.threads)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{args.threads} threads"
+    runs = [one_run(train_set, test, base)]
+    if args.sweep:
+        for buckets in (1 << 14, 1 << 16, 1 << 19):
+            runs.append(one_run(train_set, test, replace(base, cnn=replace(CNNConfig(), buckets=buckets))))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"device": name, "runs": runs}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -113,7 +113,12 @@ def absent_db(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> tu
     if db_url.startswith("sqlite"):
         path = tmp_path / "later" / "spamd.db"  # SQLite cannot open a file in a missing directory
         url = f"sqlite:///{path}"
-        return url, lambda: migrate.upgrade(url)
+
+        def make_dir() -> None:
+            path.parent.mkdir()
+            migrate.upgrade(url)
+
+        return url, make_dir
     server: PgServer = request.getfixturevalue("pg_server")
     url = server.new_database_url()
 

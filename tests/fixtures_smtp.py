@@ -72,6 +72,8 @@ class _CaptureHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         b = self.server.behaviour
+        with self.server.lock:
+            self.server.data_started += 1
         if b.data_delay:
             await asyncio.sleep(b.data_delay)
         if b.data_reply:
@@ -108,6 +110,7 @@ class CaptureServer:
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
+        self.data_started = 0  # messages whose DATA has arrived (answered or not yet)
         self.live: set[asyncio.BaseTransport] = set()
         self.lock = threading.Lock()
         self.port = 0

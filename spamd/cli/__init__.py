@@ -58,9 +58,9 @@ def config_option(f: Any) -> Any:
 
 
 def _register() -> None:
-    from spamd.cli import db, label, labels, logs, score, stats, train
+    from spamd.cli import db, label, labels, logs, score, serve, stats, train
 
-    for module in (score, train, db, label, labels, logs, stats):
+    for module in (score, train, db, label, labels, logs, stats, serve):
         main.add_command(module.command)
 
 

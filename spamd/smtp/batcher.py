@@ -36,6 +36,7 @@ class Batcher:
     def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.002) -> None:
         self.scorer = scorer  # swapped by reload(); a running batch keeps the one it started with
         self.max_batch, self.wait_s = max(1, max_batch), wait_s
+        self.batches = self.scored = 0  # counters, for tests and benchmarks
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spamd-score")
@@ -67,6 +68,7 @@ class Batcher:
         if not live:
             return
         results = await self.run_blocking(score_batch, self.scorer, [raw for raw, _ in live])
+        self.batches, self.scored = self.batches + 1, self.scored + len(live)
         log.debug("scored a batch of %d", len(live))
         for (_, fut), result in zip(live, results, strict=True):
             if fut.done():

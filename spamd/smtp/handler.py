@@ -111,7 +111,7 @@ class ProxyHandler:
 
     def _log(self, session: Session, envelope: Envelope, raw: bytes, mid: str, log_id: str,
              verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:
-        outcome = action.value if reply.ok or action is Action.REJECT else f"{action.value}, delivery {reply.code}"
+        outcome, failure = _outcome(action, reply)
         log.info("%s id=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, envelope.mail_from,
                  len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
                  f"{verdict.score:.4f}" if verdict else "-", reply.line, latency)
@@ -122,7 +122,7 @@ class ProxyHandler:
             score=verdict.score if verdict else None, verdict=verdict.label if verdict else "unknown",
             action=outcome, long_context=verdict.long_context if verdict else False,
             model_version=verdict.model if verdict else None, latency_ms=latency,
-            error=error or ("" if reply.ok or action is Action.REJECT else reply.line),
+            error=error or failure,
         ))
 
     async def _abort(self, session: Session) -> None:
@@ -146,6 +146,13 @@ class ProxyHandler:
     async def drained(self) -> None:
         """Wait until no transaction is open (used by SIGTERM after new ones are refused)."""
         await self._idle.wait()
+
+
+def _outcome(action: Action, reply: Reply) -> tuple[str, str]:
+    """The score log's action, and the downstream's refusal when the message was sent but not taken."""
+    if action in (Action.REJECT, Action.TEMPFAIL) or reply.ok:
+        return action.value, ""
+    return f"{action.value}, delivery {reply.code}", reply.line
 
 
 def _peer(session: Session) -> str:

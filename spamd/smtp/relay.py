@@ -1,5 +1,8 @@
 """smtp://host:port delivery: the client's envelope relayed live over pooled aiosmtplib connections.
 
+At most `pool_size` connections are open to the downstream at once (like an MTA's
+per-destination concurrency); a transaction takes one at MAIL, waiting up to the delivery
+timeout for a free one, and hands it back at its end, still open for the next message.
 aiosmtplib's exceptions stop here: a connection that fails, times out or drops becomes
 `451 4.4.1` (the client retries, nothing is lost); a reply the downstream gives is relayed
 as given. A pooled connection the downstream has closed meanwhile is replaced once, at MAIL.
@@ -36,67 +39,76 @@ class SmtpTransaction:
         try:
             resp = await self.client.execute_command(b"RCPT", b"TO:<" + _addr(address) + b">")
         except FAILURES as exc:
-            return self._fail("RCPT", exc)
+            log.error("downstream failed during RCPT: %s", exc)
+            self._end(reuse=False)
+            return UNAVAILABLE
         except asyncio.CancelledError:
-            self.discard()  # the client went away mid-command: the connection is out of step
+            self._end(reuse=False)  # the client went away mid-command: the connection is out of step
             raise
         return Reply(resp.code, resp.message)
 
     async def send(self, message: bytes) -> Reply:
-        client, self.client = self.client, None
-        if client is None:
+        if self.client is None:
             return UNAVAILABLE
         try:
-            resp = await client.data(message)
+            resp = await self.client.data(message)
         except SMTPResponseException as exc:
-            self.client = client
             await self.abort()  # RSET: a refused DATA may leave the downstream's transaction open
             return Reply(exc.code, exc.message)
         except FAILURES as exc:
-            client.close()
             log.error("downstream failed during DATA: %s", exc)
+            self._end(reuse=False)
             return UNAVAILABLE
         except asyncio.CancelledError:
-            client.close()
+            self._end(reuse=False)
             raise
-        self.pool.release(client)
+        self._end(reuse=True)
         return Reply(resp.code, resp.message)
 
     async def abort(self) -> None:
-        client, self.client = self.client, None
-        if client is None:
+        if self.client is None:
             return
         try:
-            await client.rset()
+            await self.client.rset()
         except FAILURES:
-            client.close()
+            self._end(reuse=False)
             return
         except asyncio.CancelledError:
-            client.close()
+            self._end(reuse=False)
             raise
-        self.pool.release(client)
+        self._end(reuse=True)
 
     def discard(self) -> None:
         """Drop the connection without a word (the client vanished mid-transaction)."""
+        self._end(reuse=False)
+
+    def _end(self, reuse: bool) -> None:
         client, self.client = self.client, None
         if client is not None:
-            client.close()
-
-    def _fail(self, step: str, exc: BaseException) -> Reply:
-        log.error("downstream failed during %s: %s", step, exc)
-        self.discard()
-        return UNAVAILABLE
+            self.pool.checkin(client, reuse)
 
 
 class SmtpDownstream:
-    """Connections to one downstream MTA; up to `pool_size` idle ones are kept for reuse."""
-
     def __init__(self, host: str, port: int, local_hostname: str, timeout: float, pool_size: int) -> None:
         self.host, self.port = host, port
-        self.local_hostname, self.timeout, self.pool_size = local_hostname, timeout, pool_size
+        self.local_hostname, self.timeout = local_hostname, timeout
+        self.connections = 0  # made so far (pooling keeps this small)
         self._idle: list[SMTP] = []
+        self._slots = asyncio.Semaphore(max(1, pool_size))
 
     async def begin(self, sender: str, options: list[str]) -> Transaction | Reply:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        except TimeoutError:
+            log.error("no free connection to the downstream within %.0fs", self.timeout)
+            return UNAVAILABLE
+        return await self._mail(sender, options)
+
+    async def _mail(self, sender: str, options: list[str]) -> Transaction | Reply:
+        """MAIL FROM on a pooled connection, or on a new one if the pooled one was closed meanwhile.
+
+        Holds a slot; every way out but a transaction frees it (a transaction frees it at its end).
+        """
         for pooled in (True, False):
             client = self._pop_idle() if pooled else None
             try:
@@ -105,21 +117,25 @@ class SmtpDownstream:
                                                     *self._options(client, options))
             except SMTPServerDisconnected:
                 if pooled:
-                    continue  # the downstream closed an idle connection: nothing was sent yet
-                log.error("downstream %s:%s dropped a new connection", self.host, self.port)
-                return UNAVAILABLE
+                    continue  # nothing was sent yet: safe to try again on a fresh connection
+                return self._unavailable("it dropped a new connection")
             except FAILURES as exc:
-                log.error("downstream %s:%s unavailable: %s", self.host, self.port, exc)
-                return UNAVAILABLE
+                return self._unavailable(str(exc))
             except asyncio.CancelledError:
                 if client is not None:
                     client.close()
+                self._slots.release()
                 raise
             txn = SmtpTransaction(self, client)
             if resp.code != 250:
                 await txn.abort()
                 return Reply(resp.code, resp.message)
             return txn
+        return UNAVAILABLE
+
+    def _unavailable(self, why: str) -> Reply:
+        log.error("downstream %s:%s unavailable: %s", self.host, self.port, why)
+        self._slots.release()
         return UNAVAILABLE
 
     def _pop_idle(self) -> SMTP | None:
@@ -139,6 +155,7 @@ class SmtpDownstream:
         except BaseException:
             client.close()
             raise
+        self.connections += 1
         return client
 
     @staticmethod
@@ -148,11 +165,13 @@ class SmtpDownstream:
         keep = [o for o in options if o.upper().startswith("BODY=") and client.supports_extension("8bitmime")]
         return [o.encode("ascii") for o in keep]
 
-    def release(self, client: SMTP) -> None:
-        if client.is_connected and len(self._idle) < self.pool_size:
+    def checkin(self, client: SMTP, reuse: bool) -> None:
+        """A transaction's end: its connection goes back to the pool (or is closed), its slot is free."""
+        if reuse and client.is_connected:
             self._idle.append(client)
         else:
             client.close()
+        self._slots.release()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

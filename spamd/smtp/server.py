@@ -137,7 +137,8 @@ async def _main(cfg: Config, config_path: str | None,
     sink, close_sink = sink_factory(cfg)
     try:
         daemon = await Daemon.start(cfg, sink, await asyncio.to_thread(load_models, cfg), sock)
-        log.warning("listening on %s port %d, delivering to %s", cfg.smtp.listen, daemon.port, cfg.delivery.url)
+        host = cfg.smtp.listen.rpartition(":")[0]
+        log.warning("listening on %s:%d, delivering to %s", host, daemon.port, cfg.delivery.url)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -1,0 +1,190 @@
+"""Fault handling on loopback: the client always hears the truth, and nothing is lost or duplicated."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from spamd.scorer import Verdict
+from spamd.smtp import replies
+from tests.fixtures_models import TrainedTiny, fixture_mail
+from tests.fixtures_smtp import proxy_config, send
+
+HAM = b"Subject: lunch\r\nFrom: Carol <carol@example.org>\r\nMessage-ID: <m1@example.org>\r\n\r\nNoon?\r\n"
+
+
+class RaisingScorer:
+    """A model that crashes: the one fake here, because a crash cannot be made real on demand."""
+
+    def score(self, raws: Sequence[bytes]) -> list[Verdict]:
+        raise RuntimeError("model exploded")
+
+
+class SlowScorer:
+    def score(self, raws: Sequence[bytes]) -> list[Verdict]:
+        time.sleep(1.0)
+        raise AssertionError("should have timed out first")
+
+
+def test_downstream_down_gives_451_then_the_retry_is_delivered_once(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                                    capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    down.stop()
+    with pytest.raises(smtplib.SMTPSenderRefused) as err:
+        send(p.port, HAM)
+    assert err.value.smtp_code == 451
+    assert p.sink.rows == []  # nothing was accepted, so nothing was scored
+    down.start()
+    assert send(p.port, HAM) == {}
+    assert len(down.wait_for(1)) == 1
+    time.sleep(0.2)
+    assert len(down.messages) == 1 and len(p.sink.rows) == 1
+
+
+def test_a_pooled_connection_the_downstream_dropped_is_replaced(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                                 proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    send(p.port, HAM)
+    down.stop()  # drops the idle pooled connection
+    down.start()
+    send(p.port, HAM)
+    assert len(down.wait_for(2)) == 2 and down.connections == 2
+
+
+def test_a_refused_recipient_hears_the_downstreams_own_reply(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                              proxy):
+    down = capture()
+    down.behaviour.refuse["nobody@example.net"] = "550 5.1.1 <nobody@example.net>: no such user"
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    refused = send(p.port, HAM, rcpts=("bob@example.net", "nobody@example.net"))
+    assert refused == {"nobody@example.net": (550, b"5.1.1 <nobody@example.net>: no such user")}
+    [item] = down.wait_for(1)
+    assert item.rcpt_tos == ("bob@example.net",)
+    assert p.sink.rows[0].recipients == ("bob@example.net",)
+
+
+def test_all_recipients_refused_reaches_the_client(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    down.behaviour.refuse["nobody@example.net"] = "550 5.1.1 no such user"
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(p.port, HAM, rcpts=("nobody@example.net",))
+    assert send(p.port, HAM) == {}  # the connection (and the pooled downstream one) stay usable
+    assert len(down.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 Queue full, try later", "554 5.6.0 Content refused"])
+def test_downstream_refusing_data_is_relayed_and_nothing_is_kept(reply: str, tiny_trained: TrainedTiny,
+                                                                 tmp_path: Path, capture, proxy):
+    down = capture()
+    down.behaviour.data_reply = reply
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(p.port, HAM)
+    assert err.value.smtp_code == int(reply[:3])
+    assert p.sink.rows[0].action.endswith(f"delivery {reply[:3]}")
+    down.behaviour.data_reply = None
+    send(p.port, HAM)
+    assert len(down.wait_for(1)) == 1
+    time.sleep(0.2)
+    assert len(down.messages) == 1
+
+
+def test_oversize_is_refused_with_552_at_mail_when_size_is_declared(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                                     capture, proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": cfg.smtp.__class__(
+        **{**cfg.smtp.__dict__, "max_message_size": 10_000})}))
+    big = HAM + b"x" * 20_000 + b"\r\n"
+    with pytest.raises(smtplib.SMTPSenderRefused) as err:
+        send(p.port, big)  # smtplib declares SIZE= because spamd advertises SIZE
+    assert (err.value.smtp_code, err.value.smtp_error) == (552, replies.TOO_BIG[4:].encode())
+    assert down.messages == [] and p.sink.rows == []
+
+
+def test_oversize_without_size_gets_552_after_data_and_is_not_kept(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                                   capture, proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": cfg.smtp.__class__(
+        **{**cfg.smtp.__dict__, "max_message_size": 10_000})}))
+    with smtplib.SMTP("127.0.0.1", p.port) as client:
+        client.ehlo()
+        client.mail("alice@example.org")  # no SIZE=: spamd learns the size while reading
+        client.rcpt("bob@example.net")
+        code, text = client.data(HAM + (b"y" * 70 + b"\r\n") * 300)
+        assert (code, text.decode()) == (552, replies.TOO_BIG[4:])
+        client.rset()
+        assert client.sendmail("alice@example.org", ["bob@example.net"], HAM) == {}
+    assert len(down.wait_for(1)) == 1
+    assert [r.size for r in p.sink.rows] == [len(HAM)]
+
+
+def test_a_model_that_raises_passes_mail_as_unknown(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer", RaisingScorer()))
+    send(p.port, HAM)
+    content = down.wait_for(1)[0].content
+    assert content.startswith(b"X-Spam-Status: Unknown\r\nX-Spam-Id: ")
+    assert b"X-Spam-Flag" not in content and content.endswith(HAM)
+    [row] = p.sink.rows
+    assert (row.verdict, row.action, row.score) == ("unknown", "failed-open", None)
+    assert "model exploded" in row.error
+
+
+def test_a_model_that_raises_gives_451_when_configured(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, on_failure="tempfail"))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer", RaisingScorer()))
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(p.port, HAM)
+    assert err.value.smtp_code == 451
+    assert down.messages == [] and p.sink.rows[0].action == "tempfailed"
+
+
+def test_scoring_timeout_fails_open(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, timeout=0.2))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer", SlowScorer()))
+    started = time.monotonic()
+    send(p.port, HAM)
+    assert time.monotonic() - started < 0.9
+    assert down.wait_for(1)[0].content.startswith(b"X-Spam-Status: Unknown\r\n")
+    assert p.sink.rows[0].error == "timeout"
+
+
+def test_no_usable_model_still_passes_mail_as_unknown(tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tmp_path / "no-models", down.url, tmp_path))
+    send(p.port, HAM)
+    assert down.wait_for(1)[0].content.startswith(b"X-Spam-Status: Unknown\r\n")
+
+
+def test_recipient_and_connection_limits(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    smtp = cfg.smtp.__class__(**{**cfg.smtp.__dict__, "max_recipients": 2, "max_connections": 1})
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": smtp}))
+    with smtplib.SMTP("127.0.0.1", p.port) as first:
+        refused = first.sendmail("a@example.org", ["r1@example.net", "r2@example.net", "r3@example.net"], HAM)
+        assert refused == {"r3@example.net": (452, b"4.5.3 Too many recipients")}
+        with pytest.raises(smtplib.SMTPConnectError) as err:
+            smtplib.SMTP("127.0.0.1", p.port)
+        assert err.value.smtp_code == 421
+    assert down.wait_for(1)[0].rcpt_tos == ("r1@example.net", "r2@example.net")
+
+
+def test_spam_fixture_is_flagged_and_logged(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, spam_threshold=0.0))
+    send(p.port, fixture_mail("train", "spam")[0])
+    assert b"X-Spam-Flag: YES\r\n" in down.wait_for(1)[0].content
+    assert p.sink.rows[0].action == "tagged"

@@ -40,6 +40,7 @@ class DeliveryConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
+    enabled: bool = True
     models_dir: str = "models"
     rnn_rule: str = "uncertain"
     uncertain_band: tuple[float, float] = (0.05, 0.95)

@@ -188,3 +188,12 @@ def test_spam_fixture_is_flagged_and_logged(tiny_trained: TrainedTiny, tmp_path:
     send(p.port, fixture_mail("train", "spam")[0])
     assert b"X-Spam-Flag: YES\r\n" in down.wait_for(1)[0].content
     assert p.sink.rows[0].action == "tagged"
+
+
+def test_scoring_switched_off_relays_everything(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, enabled=False, on_failure="tempfail"))
+    send(p.port, HAM)
+    assert down.wait_for(1)[0].content.startswith(b"X-Spam-Status: Unknown\r\n")
+    assert (p.sink.rows[0].action, p.sink.rows[0].error) == ("unscored", "")
+    assert p.daemon.batcher.scored == 0

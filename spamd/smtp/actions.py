@@ -20,6 +20,7 @@ class Action(enum.Enum):
     REJECT = "rejected"  # at/above the reject threshold: 550 5.7.1, not forwarded
     FAIL_OPEN = "failed-open"  # scoring failed: forwarded untagged, X-Spam-Status: Unknown
     TEMPFAIL = "tempfailed"  # scoring failed and on_failure = "tempfail": 451
+    UNSCORED = "unscored"  # [scoring] enabled = false: relayed with X-Spam-Status: Unknown
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,17 @@ class ActionPolicy:
     reject_threshold: float | None = None  # None: never reject
     subject_tag: str = ""
     tempfail_on_error: bool = False
+    scoring: bool = True  # False: nothing is scored, everything is relayed
 
     @classmethod
     def from_config(cls, scoring: ScoringConfig) -> ActionPolicy:
-        return cls(scoring.reject_threshold, scoring.subject_tag, scoring.on_failure == "tempfail")
+        return cls(scoring.reject_threshold, scoring.subject_tag, scoring.on_failure == "tempfail", scoring.enabled)
 
 
 def decide(verdict: Verdict | None, policy: ActionPolicy) -> Action:
-    """What to do with a message, given its verdict (None: scoring failed)."""
+    """What to do with a message, given its verdict (None: scoring failed, or is switched off)."""
+    if not policy.scoring:
+        return Action.UNSCORED
     if verdict is None:
         return Action.TEMPFAIL if policy.tempfail_on_error else Action.FAIL_OPEN
     if policy.reject_threshold is not None and verdict.score >= policy.reject_threshold:

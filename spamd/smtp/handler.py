@@ -86,6 +86,8 @@ class ProxyHandler:
         return reply.line
 
     async def _score(self, raw: bytes, mid: str) -> tuple[Verdict | None, str]:
+        if not self.policy.scoring:
+            return None, ""
         try:
             return await asyncio.wait_for(self.batcher.score(raw), self.scoring_timeout), ""
         except TimeoutError:

@@ -33,6 +33,8 @@ log = logging.getLogger("spamd.smtp")
 
 def load_models(cfg: Config) -> ModelSet | None:
     """The active models (the one place that loads them); None, logged, when there are none usable."""
+    if not cfg.scoring.enabled:
+        return None
     try:
         return load_active(cfg)
     except ModelError as exc:
@@ -113,7 +115,7 @@ class Daemon:
     async def reload(self, cfg: Config) -> None:
         """New scoring settings and models; [smtp] and [delivery] changes need a restart."""
         models = await asyncio.to_thread(load_models, cfg)
-        if models is None:
+        if models is None and cfg.scoring.enabled:
             log.error("reload: keeping the models in use")
         else:
             self.batcher.scorer = make_scorer(cfg, models)

@@ -81,6 +81,8 @@ class TrainingConfig:
     gate_fpr_tolerance: float = 0.0
     poll_interval: float = 10.0
     lock_stale_after: float = 3600.0
+    nice: int = 10
+    in_serve: bool = True
 
 
 @dataclass(frozen=True)

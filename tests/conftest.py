@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_models",
     "tests.fixtures_db",
     "tests.fixtures_smtp",
+    "tests.fixtures_retrain",
 ]

@@ -58,9 +58,9 @@ def config_option(f: Any) -> Any:
 
 
 def _register() -> None:
-    from spamd.cli import db, label, labels, logs, score, serve, stats, train
+    from spamd.cli import db, label, labels, logs, models, retrain, runs, scheduler, score, serve, stats, train
 
-    for module in (score, train, db, label, labels, logs, stats, serve):
+    for module in (score, train, db, label, labels, logs, stats, serve, retrain, models, runs, scheduler):
         main.add_command(module.command)
 
 

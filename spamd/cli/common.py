@@ -51,6 +51,9 @@ class Bar:
 
 
 def load_active(cfg: Config, version: str | None = None) -> ModelSet:
-    """The models to score with: the named version, else the active one."""
+    """The models to score with: the named version, else the registry's active one, else models/ACTIVE."""
+    from spamd.registry import active_in_database  # SQLAlchemy loads only when models are loaded
+
     models_dir = cfg.models_dir
-    return modelstore.load(models_dir, version or modelstore.active_version(models_dir))
+    version = version or active_in_database(cfg.database_url, models_dir) or modelstore.active_version(models_dir)
+    return modelstore.load(models_dir, version)

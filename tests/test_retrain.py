@@ -1,0 +1,171 @@
+"""The retrain job on SQLite and PostgreSQL: promotion, the gate refusing a worse candidate, a killed trainer, the lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spamd import modelstore
+from spamd.cli.common import load_active
+from spamd.config import Config
+from spamd.db import registry as repo
+from spamd.db.engine import make_engine
+from spamd.db.labels import prepare
+from spamd.db.schema import ModelFile, TrainingRun
+from spamd.retrain import holdout, job, lock
+from tests.fixtures_models import fixture_mail
+from tests.fixtures_retrain import label
+
+
+def label_fixture_mail(db_url: str, flip_training_part: bool = False, fraction: float = 0.25) -> None:
+    """Label the fixture mail; with `flip_training_part`, every message outside the holdout gets the wrong label."""
+    for kind in ("train", "starter"):
+        for truth, wrong in (("spam", "ham"), ("ham", "spam")):
+            raws = fixture_mail(kind, truth)
+            held = [r for r in raws if holdout.held_out(prepare(r).sha256, fraction)]
+            rest = [r for r in raws if r not in held]
+            label(db_url, held, truth)
+            label(db_url, rest, wrong if flip_training_part else truth)
+
+
+def runs(db_url: str) -> list[TrainingRun]:
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        out = list(s.scalars(select(TrainingRun).order_by(TrainingRun.id)))
+    engine.dispose()
+    return out
+
+
+def active(db_url: str) -> str | None:
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        v = repo.active_version(s)
+        out = v.version if v else None
+    engine.dispose()
+    return out
+
+
+def test_a_good_candidate_is_promoted_and_recorded(retrain_cfg: Callable[..., Config], models_dir: Path) -> None:
+    cfg = retrain_cfg(epochs=10, gate_auc_tolerance=0.05, gate_fpr_tolerance=0.1)
+    before = modelstore.active_version(models_dir)
+    label_fixture_mail(cfg.database_url)
+    out = job.run(cfg)
+    assert out.outcome == "promoted", out
+    assert out.active == before and out.candidate not in (None, before)
+    assert active(cfg.database_url) == out.candidate
+    assert load_active(cfg).version == out.candidate  # and models/ACTIVE follows the registry
+    assert modelstore.active_version(models_dir) == out.candidate
+    [run] = runs(cfg.database_url)
+    assert (run.outcome, run.candidate_version, run.active_version) == ("promoted", out.candidate, before)
+    assert run.labels == run.metrics["counts"]["labelled"] > 100 and run.finished_at is not None and run.error == ""
+    assert run.metrics["candidate"]["n"] == run.metrics["active"]["n"] == run.metrics["counts"]["holdout"] > 10
+    assert run.metrics["gate"]["promote"] is True and run.metrics["seconds"]["train"] > 0
+    engine = make_engine(cfg.database_url)
+    with Session(engine) as s:  # the promoted version's files are in the database for other nodes
+        names = set(s.scalars(select(ModelFile.name).where(ModelFile.version == out.candidate)))
+    engine.dispose()
+    assert names == {"manifest.json", "cnn.safetensors", "rnn.safetensors"}
+
+
+def test_a_candidate_trained_on_flipped_labels_is_rejected(retrain_cfg: Callable[..., Config],
+                                                           models_dir: Path) -> None:
+    cfg = retrain_cfg(from_scratch=True, epochs=6)
+    before = modelstore.active_version(models_dir)
+    label_fixture_mail(cfg.database_url, flip_training_part=True)
+    out = job.run(cfg)
+    assert out.outcome == "rejected", out
+    assert out.metrics["candidate"]["auc"] < out.metrics["active"]["auc"] - cfg.training.gate_auc_tolerance
+    assert any("AUC" in r for r in out.metrics["gate"]["reasons"])
+    assert active(cfg.database_url) == before and load_active(cfg).version == before
+    assert modelstore.active_version(models_dir) == before
+    assert out.candidate in modelstore.list_versions(models_dir)  # kept, inactive, for inspection
+    [run] = runs(cfg.database_url)
+    assert (run.outcome, run.candidate_version) == ("rejected", out.candidate)
+
+
+def test_a_trainer_killed_half_way_leaves_the_active_version_intact(retrain_cfg: Callable[..., Config],
+                                                                    models_dir: Path) -> None:
+    cfg = retrain_cfg(epochs=50)
+    before = modelstore.active_version(models_dir)
+    label_fixture_mail(cfg.database_url)
+    child: list[BaseProcess] = []
+
+    def kill_in_second_epoch(stage: str, done: int, total: int) -> None:
+        if stage == "cnn epoch 2" and child and child[0].pid is not None:
+            os.kill(child[0].pid, signal.SIGKILL)
+
+    out = job.run(cfg, progress=kill_in_second_epoch, on_start=child.append)
+    assert out.outcome == "failed" and "died" in out.error and "-9" in out.error
+    assert modelstore.list_versions(models_dir) == [before]
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert active(cfg.database_url) == before
+    assert load_active(cfg).version == before  # weights intact: the sha256 check passes
+    [run] = runs(cfg.database_url)
+    assert (run.outcome, run.candidate_version) == ("failed", None) and "died" in run.error
+    engine = make_engine(cfg.database_url)
+    held = lock.acquire(engine, stale_after=3600)  # the lock was released
+    assert held is not None
+    held.release()
+    engine.dispose()
+
+
+def test_a_second_trainer_is_turned_away_while_one_holds_the_lock(retrain_cfg: Callable[..., Config]) -> None:
+    cfg = retrain_cfg()
+    label_fixture_mail(cfg.database_url)
+    engine = make_engine(cfg.database_url)
+    held = lock.acquire(engine, stale_after=3600, holder="other-host:1:x")
+    assert held is not None
+    try:
+        assert lock.acquire(engine, stale_after=3600) is None
+        out = job.run(cfg)
+        assert out.outcome == "busy" and runs(cfg.database_url) == []
+    finally:
+        held.release()
+    again = lock.acquire(engine, stale_after=3600)
+    assert again is not None
+    again.release()
+    engine.dispose()
+
+
+HOLD_LOCK = """
+import sys, time
+from spamd.db.engine import make_engine
+from spamd.retrain import lock
+held = lock.acquire(make_engine(sys.argv[1]), stale_after=3600, holder="doomed:1:x")
+print("held" if held else "busy", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_trainers_lock_does_not_block_the_next(retrain_db: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, retrain_db], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+    engine = make_engine(retrain_db)
+    try:
+        assert lock.acquire(engine, stale_after=3600) is None
+        proc.kill()
+        proc.wait()
+        if engine.dialect.name == "postgresql":  # the server drops the lock with the dead holder's connection
+            deadline = time.monotonic() + 10
+            after = lock.acquire(engine, stale_after=3600)
+            while after is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                after = lock.acquire(engine, stale_after=3600)
+        else:  # SQLite: the dead holder's row stays, and counts as stale once older than stale_after
+            assert lock.acquire(engine, stale_after=3600) is None
+            after = lock.acquire(engine, stale_after=0.0)
+        assert after is not None
+        after.release()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        engine.dispose()

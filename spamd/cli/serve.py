@@ -19,6 +19,7 @@ from spamd.cli import config_option, get_config
 @click.pass_context
 def command(ctx: click.Context, listen: str | None, workers: int | None, delivery: str | None) -> None:
     """Accept mail over SMTP, score it, tag/reject it and pass it on to the configured downstream."""
+    from spamd.retrain.scheduler import in_daemon
     from spamd.smtp.workers import serve  # torch and aiosmtpd load only for this command
 
     cfg = get_config(ctx)
@@ -26,4 +27,5 @@ def command(ctx: click.Context, listen: str | None, workers: int | None, deliver
     cfg = replace(cfg, smtp=smtp, delivery=replace(cfg.delivery, url=delivery or cfg.delivery.url))
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("mail.log").setLevel(max(level, logging.WARNING))  # aiosmtpd logs every command at INFO
-    serve(cfg, ctx.find_root().obj, level)
+    with in_daemon(cfg):  # the scheduled retrain and score-log purge, unless [training] in_serve = false
+        serve(cfg, ctx.find_root().obj, level)

@@ -19,6 +19,7 @@ from spamd.cli.common import load_active
 from spamd.config import Config, load_config
 from spamd.errors import ConfigError, ModelError, SpamdError
 from spamd.modelstore import ModelSet
+from spamd.registry import ModelWatcher
 from spamd.scorelog import ScoreLogSink
 from spamd.scorer import Scorer, ScoringPolicy
 from spamd.smtp import replies
@@ -138,7 +139,9 @@ async def _main(cfg: Config, config_path: str | None,
     loop = asyncio.get_running_loop()
     sink, close_sink = sink_factory(cfg)
     try:
-        daemon = await Daemon.start(cfg, sink, await asyncio.to_thread(load_models, cfg), sock)
+        models = await asyncio.to_thread(load_models, cfg)
+        daemon = await Daemon.start(cfg, sink, models, sock)
+        watcher = loop.create_task(watch_models(daemon, models).run())
         host = cfg.smtp.listen.rpartition(":")[0]
         log.warning("listening on %s:%d, delivering to %s", host, daemon.port, cfg.delivery.url)
         stop = asyncio.Event()
@@ -146,10 +149,18 @@ async def _main(cfg: Config, config_path: str | None,
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, config_path)))
         await stop.wait()
+        watcher.cancel()
         log.warning("stopping: draining messages in flight")
         await daemon.stop()
     finally:
         close_sink()
+
+
+def watch_models(daemon: Daemon, models: ModelSet | None) -> ModelWatcher:
+    """Polls the model registry; a newly promoted version is loaded as SIGHUP loads one."""
+    cfg = daemon.cfg
+    return ModelWatcher(cfg.database_url, cfg.models_dir, cfg.training.poll_interval,
+                        models.version if models else None, lambda _version: daemon.reload(daemon.cfg))
 
 
 async def _reload(daemon: Daemon, config_path: str | None) -> None:

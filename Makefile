@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench starter clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,19 @@ test: setup
 lint: setup
 	$(BIN)/ruff check spamd tests bench
 	$(BIN)/mypy spamd
+
+# The starter models: both networks trained on the train rows of the shared corpus's SPLIT.tsv.
+CORPUS ?= ../shared/corpora/spamassassin
+starter: setup
+	mkdir -p var
+	for l in spam ham; do awk -F'\t' -v d=$(CORPUS) -v l=$$l 'NR>1 && $$3=="train" && $$2==l {print d"/"$$1}' \
+		$(CORPUS)/SPLIT.tsv > var/train-$$l.txt; done
+	$(BIN)/spamd train --spam @var/train-spam.txt --ham @var/train-ham.txt --activate
+
+# Benchmarks on the shared corpus; results land in bench/out/ and go into the README by hand.
+bench: setup
+	$(BIN)/python -m bench.accuracy
+	$(BIN)/python -m bench.speed
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

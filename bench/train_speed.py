@@ -23,6 +23,7 @@ from spamd.mail.headers import fingerprint
 from spamd.mail.parse import parse
 from spamd.modelstore import ModelSet
 from spamd.nets.cnn import CNNConfig
+from spamd.nets.rnn import RNNConfig
 from spamd.scorer import Scorer, ScoringPolicy
 from spamd.train import Sample, TrainConfig, train
 
@@ -55,11 +56,17 @@ def fp16_round_trip(models: ModelSet) -> ModelSet:
     return models
 
 
-def evaluate(models: ModelSet, test: list[Sample]) -> dict[str, float]:
+def evaluate(models: ModelSet, test: list[Sample], rule: str = "uncertain") -> dict[str, float]:
     labels = [s.label for s in test]
-    verdicts = Scorer(models, ScoringPolicy()).score_ids([s.ids for s in test])
+    verdicts = Scorer(models, ScoringPolicy(rnn_rule=rule)).score_ids([s.ids for s in test])  # type: ignore[arg-type]
     rep = metrics.report([v.score for v in verdicts], labels, models.manifest.threshold)
     return {"one_minus_roca_pct": round(rep.one_minus_roca_pct, 4), "fpr": rep.fpr, "fnr": rep.fnr}
+
+
+def long_subset(models: ModelSet, test: list[Sample]) -> dict[str, dict[str, float]]:
+    """CNN alone against the combination, on the messages longer than the CNN's window."""
+    long = [s for s in test if len(s.ids) > models.cnn.cfg.window]
+    return {"n": len(long), "cnn_alone": evaluate(models, long, "never"), "combined": evaluate(models, long, "always")}
 
 
 def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig) -> dict:
@@ -70,6 +77,8 @@ def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig) -> di
     out = {"device": cfg.device, "threads": cfg.threads, "cnn_buckets": cfg.cnn.buckets,
            "train_seconds": round(seconds, 1), "fp16_megabytes": round(params * 2 / 2**20, 1),
            "fp32": evaluate(models, test)}
+    out["long_subset"] = long_subset(models, test)
+    out["rnn"] = {k: v for k, v in vars(cfg.rnn).items()}
     out["fp16"] = evaluate(fp16_round_trip(models), test)
     print(json.dumps(out), flush=True)
     return out
@@ -82,6 +91,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="also train with other CNN table sizes")
+    ap.add_argument("--rnn-sweep", action="store_true", help="also train RNN variants (size, stride)")
     ap.add_argument("--json", type=Path, default=Path("bench/out/train_speed.json"))
     args = ap.parse_args()
     if args.dump:
@@ -93,6 +103,9 @@ def main() -> None:
     if args.sweep:
         for buckets in (1 << 14, 1 << 16, 1 << 19):
             runs.append(one_run(train_set, test, replace(base, cnn=replace(CNNConfig(), buckets=buckets))))
+    if args.rnn_sweep:
+        for kw in ({"hidden": 96}, {"stride": 2}, {"hidden": 96, "embed_dim": 64, "stride": 2}):
+            runs.append(one_run(train_set, test, replace(base, rnn=replace(RNNConfig(), **kw))))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": name, "runs": runs}, indent=2) + "\n")
 

@@ -98,9 +98,14 @@ def save(models_dir: Path, models: ModelSet) -> Path:
             files[name] = _sha256(tmp / name)
         manifest = Manifest(**{**asdict(models.manifest), "files": files})
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
-        _fsync_dir(tmp)
+        # mkdtemp makes a private directory; versions must be readable by the daemon's user.
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+            _fsync(path)
+        tmp.chmod(0o755)
+        _fsync(tmp)
         os.rename(tmp, final)
-        _fsync_dir(models_dir)
+        _fsync(models_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -172,7 +177,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk, so a rename never exposes unwritten data."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

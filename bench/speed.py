@@ -18,6 +18,8 @@ import torch
 from bench.corpus import machine, rows
 from spamd.cli.common import load_active
 from spamd.config import load_config
+from spamd.features import token_ids
+from spamd.mail.parse import parse
 from spamd.scorer import Scorer, ScoringPolicy
 
 
@@ -46,6 +48,17 @@ def run(scorer: Scorer, raws: list[bytes], batch: int) -> dict[str, float]:
     }
 
 
+def parse_times(models_tok: object) -> dict[str, float]:
+    """Raw bytes → token ids for every corpus message: mean and worst, in ms."""
+    times = []
+    for r in rows():
+        raw = r.raw()
+        t = time.perf_counter()
+        token_ids(parse(raw), models_tok)  # type: ignore[arg-type]
+        times.append((time.perf_counter() - t) * 1000)
+    return {"messages": len(times), "mean_ms": round(statistics.mean(times), 3), "max_ms": round(max(times), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)
@@ -58,6 +71,9 @@ def main() -> None:
     raws = [r.raw() for r in rows("test")]
     scorer = Scorer(models, ScoringPolicy(rnn_rule=args.rule))  # type: ignore[arg-type]
     results = {}
+    torch.set_num_threads(1)
+    results["parse+tokenize, whole corpus"] = parse_times(models.tokenizer)
+    print(results, flush=True)
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for batch in (1, 32):

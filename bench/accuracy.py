@@ -39,7 +39,7 @@ def main() -> None:
     th = models.manifest.threshold
     results: dict[str, dict] = {}
     cnn_only = [v.score for v in Scorer(models, ScoringPolicy(rnn_rule="never")).score_ids(ids)]
-    samples = [Sample(i, y, "") for i, y in zip(ids, labels)]
+    samples = [Sample(i, y, "") for i, y in zip(ids, labels, strict=False)]
     rnn_only = [torch.sigmoid(torch.tensor(z)).item() for z in logits(models.rnn, samples, models.rnn.cfg.window)]
     results["cnn alone"] = metrics.report(cnn_only, labels, th).to_dict()
     results["rnn alone"] = metrics.report(rnn_only, labels, th).to_dict()

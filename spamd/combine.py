@@ -10,8 +10,9 @@ RNN was consulted and the combined verdict differs from the CNN's verdict alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 

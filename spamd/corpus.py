@@ -7,9 +7,10 @@ report each bad input with its reason and carry on with the rest.
 from __future__ import annotations
 
 import mailbox
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

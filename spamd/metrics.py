@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """Area under the ROC curve (ties count half), by the rank-sum formula."""
-    pairs = sorted(zip(scores, labels))
+    pairs = sorted(zip(scores, labels, strict=False))
     n_pos = sum(labels)
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -32,8 +32,8 @@ class Rates:
 
 
 def rates_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> Rates:
-    ham = [s for s, y in zip(scores, labels) if y == 0]
-    spam = [s for s, y in zip(scores, labels) if y == 1]
+    ham = [s for s, y in zip(scores, labels, strict=False) if y == 0]
+    spam = [s for s, y in zip(scores, labels, strict=False) if y == 1]
     fp = sum(s >= threshold for s in ham)
     fn = sum(s < threshold for s in spam)
     return Rates(fp / max(len(ham), 1), fn / max(len(spam), 1))
@@ -41,8 +41,8 @@ def rates_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -
 
 def recall_at_fpr(scores: Sequence[float], labels: Sequence[int], max_fpr: float) -> float:
     """Spam recall at the lowest threshold whose ham false-positive rate is ≤ max_fpr."""
-    ham = sorted((s for s, y in zip(scores, labels) if y == 0), reverse=True)
-    spam = [s for s, y in zip(scores, labels) if y == 1]
+    ham = sorted((s for s, y in zip(scores, labels, strict=False) if y == 0), reverse=True)
+    spam = [s for s, y in zip(scores, labels, strict=False) if y == 1]
     allowed = int(max_fpr * len(ham))  # how many ham may score at or above the threshold
     bar = ham[allowed] if allowed < len(ham) else float("-inf")
     return sum(s > bar for s in spam) / max(len(spam), 1)
@@ -54,7 +54,7 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[int], ham_cost: f
     Ham lost to the spam folder costs more than spam let through, as every operator
     knows; the threshold sits halfway between the two scores it separates.
     """
-    pts = sorted(zip(scores, labels))
+    pts = sorted(zip(scores, labels, strict=False))
     fn, fp = 0, sum(1 for _, y in pts if y == 0)
     best = (ham_cost * fp + fn, pts[0][0] - 1e-6 if pts else 0.5)
     for i, (s, y) in enumerate(pts):

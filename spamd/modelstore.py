@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class ModelSet:
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -92,7 +92,7 @@ def save(models_dir: Path, models: ModelSet) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
     try:
         files = {}
-        for name, net in zip(WEIGHT_FILES, (models.cnn, models.rnn)):
+        for name, net in zip(WEIGHT_FILES, (models.cnn, models.rnn), strict=False):
             tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
             save_file(tensors, str(tmp / name))
             files[name] = _sha256(tmp / name)
@@ -129,7 +129,7 @@ def load(models_dir: Path, version: str) -> ModelSet:
     manifest = read_manifest(models_dir, version)
     cnn_args = {**manifest.cnn_args, "widths": tuple(manifest.cnn_args["widths"])}
     cnn, rnn = build(CNNConfig(**cnn_args), RNNConfig(**manifest.rnn_args))
-    for name, net in zip(WEIGHT_FILES, (cnn, rnn)):
+    for name, net in zip(WEIGHT_FILES, (cnn, rnn), strict=False):
         path = models_dir / version / name
         expected = manifest.files.get(name)
         actual = _sha256(path) if path.exists() else None

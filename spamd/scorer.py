@@ -7,8 +7,8 @@ proxy's business. `Scorer` is not thread-safe; give each worker its own.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -75,13 +75,13 @@ class Scorer:
         band, window = self.policy.uncertain_band, cnn.cfg.window
         ask = [
             i
-            for i, (ids, z) in enumerate(zip(batch, cnn_logits))
+            for i, (ids, z) in enumerate(zip(batch, cnn_logits, strict=False))
             if consult_rnn(self.policy.rnn_rule, sigmoid(z), len(ids), window, band)
         ]
         rnn_logits: dict[int, float] = {}
         if ask:
             out = rnn(pad([batch[i] for i in ask], rnn.cfg.window)).tolist()
-            rnn_logits = dict(zip(ask, out))
+            rnn_logits = dict(zip(ask, out, strict=False))
         return [self._verdict(z, rnn_logits.get(i)) for i, z in enumerate(cnn_logits)]
 
     def _verdict(self, cnn_logit: float, rnn_logit: float | None) -> Verdict:

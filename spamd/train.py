@@ -10,9 +10,9 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime
 
 import torch
 from torch import nn
@@ -93,7 +93,7 @@ def train(
     combiner = _fit_combiner(cnn_val, rnn_val, val, cfg)
     manifest = Manifest(
         version=new_version_name(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         cnn_args=asdict(cfg.cnn),
         rnn_args=asdict(cfg.rnn),
         tokenizer=cfg.tokenizer.to_dict(),
@@ -175,7 +175,7 @@ def logits(net: nn.Module, samples: Sequence[Sample], window: int, batch_size: i
     out = [0.0] * len(samples)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
-        for j, z in zip(idx, net(pad([samples[k].ids for k in idx], window).to(device)).tolist()):
+        for j, z in zip(idx, net(pad([samples[k].ids for k in idx], window).to(device)).tolist(), strict=False):
             out[j] = z
     return out
 

@@ -55,7 +55,7 @@ def command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, version: 
 
 def _emit(scorer: Scorer, batch: list[tuple[str, bytes]], as_json: bool) -> None:
     verdicts = scorer.score([raw for _, raw in batch])
-    for (source, _), v in zip(batch, verdicts):
+    for (source, _), v in zip(batch, verdicts, strict=False):
         if as_json:
             click.echo(json.dumps({
                 "path": source, "score": round(v.score, 6), "verdict": v.label, "cnn": round(v.cnn, 6),

@@ -20,7 +20,7 @@ from spamd.train import Sample, TrainConfig, train
 
 @click.command("train")
 @config_option
-@click.option("--spam", multiple=True, required=True, help="Spam: file, directory, Maildir, mbox or @LIST (repeatable).")
+@click.option("--spam", multiple=True, required=True, help="Spam: file, dir, Maildir, mbox or @LIST (repeatable).")
 @click.option("--ham", multiple=True, required=True, help="Ham: file, directory, Maildir, mbox or @LIST (repeatable).")
 @click.option("--from", "parent", default=None, help="Start from this version's weights.")
 @click.option("--epochs", type=int, default=None, help="Most epochs per network (default: from config).")

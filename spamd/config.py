@@ -150,13 +150,20 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     text = str(hint)
     if "tuple" in text:
-        if not isinstance(value, list) or len(value) != 2:
-            raise ConfigError(f"{key} must be a list of two numbers")
-        return (float(value[0]), float(value[1]))
+        if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
+            return (float(value[0]), float(value[1]))
+        raise ConfigError(f"{key} must be a list of two numbers")
     if value is False and "None" in text:
         return None  # `false` switches an optional threshold off
-    checks = [(int, "int"), (float, "float"), (str, "str"), (bool, "bool")]
-    for typ, name in checks:
-        if name in text.replace("None", "") and isinstance(value, typ):
-            return float(value) if name == "float" and not isinstance(value, bool) else value
+    if isinstance(value, bool):
+        if "bool" in text:
+            return value
+    elif "float" in text and _is_number(value):
+        return float(value)
+    elif "int" in text and isinstance(value, int) or "str" in text and isinstance(value, str):
+        return value
     raise ConfigError(f"{key} has a bad value {value!r} (expected {text})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -59,7 +59,8 @@ class TrainConfig:
 def split(samples: Sequence[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
     """Deterministic train/validation split by each message's sha256."""
     cut = int(val_fraction * 10_000)
-    train, val = [], []
+    train: list[Sample] = []
+    val: list[Sample] = []
     for s in samples:
         bucket = int(hashlib.sha256(("val:" + s.key).encode()).hexdigest()[:8], 16) % 10_000
         (val if bucket < cut else train).append(s)

@@ -1,0 +1,57 @@
+"""config.toml → typed, frozen Config; bad keys and values are clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from spamd.config import Config, load_config
+from spamd.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "config.toml"
+
+
+def test_shipped_config_is_the_embedded_defaults() -> None:
+    cfg = load_config(SHIPPED)
+    assert replace(cfg, base_dir=Config().base_dir) == Config()
+
+
+def test_every_shipped_key_has_a_comment() -> None:
+    lines = SHIPPED.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            assert lines[i - 1].startswith("#"), f"config.toml line {i + 1} has no comment: {line}"
+
+
+def test_values_are_typed_and_paths_relative_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[scoring]\nspam_threshold = 0.7\nuncertain_band = [0, 1]\nthreads = 2\n'
+                    '[database]\nurl = "sqlite:///db/x.db"\n')
+    cfg = load_config(path)
+    assert cfg.scoring.spam_threshold == 0.7 and cfg.scoring.uncertain_band == (0.0, 1.0)
+    assert cfg.scoring.threads == 2 and cfg.scoring.reject_threshold is None
+    assert cfg.database_url == f"sqlite:///{tmp_path}/db/x.db"
+    assert cfg.models_dir == tmp_path / "models"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[scoring]\nthreads = 'two'\n", "scoring.threads"),
+    ("[scoring]\nthreads = true\n", "scoring.threads"),
+    ("[scoring]\nuncertain_band = [1]\n", "two numbers"),
+    ("[scoring]\nnope = 1\n", "unknown config key"),
+    ("[nope]\nx = 1\n", "unknown config key"),
+    ("scoring = 3\n", "must be a table"),
+    ("[scoring\n", "cannot read config"),
+])
+def test_bad_config_is_a_clear_error(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")

@@ -30,6 +30,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Score-log inserts land at random places in the sender and message-id indexes: a bigger
+    # page cache and fewer (fsync'ing) checkpoints keep a million-row table above 5,000 rows/s.
+    cur.execute("PRAGMA cache_size=-65536")  # KiB
+    cur.execute("PRAGMA wal_autocheckpoint=10000")  # pages
     cur.close()
 
 

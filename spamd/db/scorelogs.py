@@ -38,13 +38,14 @@ def insert_rows(session: Session, rows: Sequence[ScoreLogRow]) -> None:
     """Insert rows; a row whose id is already stored is skipped, so replaying a spool is safe."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
+    # The Table, not the ORM class: a plain executemany, without the ORM's per-row bookkeeping.
+    table, dialect = ScoreLog.__table__, session.get_bind().dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(ScoreLog).on_conflict_do_nothing(index_elements=["id"])
+        stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
     elif dialect == "sqlite":
-        stmt = sqlite.insert(ScoreLog).on_conflict_do_nothing(index_elements=["id"])
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
     else:
-        stmt = ScoreLog.__table__.insert()
+        stmt = table.insert()
     session.execute(stmt, [row_values(r) for r in rows])
 
 

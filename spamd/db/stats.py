@@ -54,8 +54,15 @@ def _window(since: datetime | None, until: datetime | None) -> list[ColumnElemen
 
 
 def _counts(session: Session, column: ColumnElement[str], where: list[ColumnElement[bool]]) -> dict[str, int]:
-    stmt = select(column, func.count()).where(*where).group_by(column).order_by(func.count().desc())
+    key = _unindexed(column)
+    stmt = select(key, func.count()).where(*where).group_by(key).order_by(func.count().desc())
     return {key: n for key, n in session.execute(stmt)}
+
+
+def _unindexed(column: ColumnElement[str | None]) -> ColumnElement[str]:
+    # Grouping by a bare column lets SQLite's planner walk that column's index (all of it, in
+    # order) instead of the time index that narrows the window: 150 ms instead of 2 at 1M rows.
+    return func.coalesce(column, "")
 
 
 def _histogram(session: Session, where: list[ColumnElement[bool]]) -> list[int]:
@@ -79,7 +86,8 @@ def _per_model(session: Session, where: list[ColumnElement[bool]]) -> list[Model
     c = ScoreLog
     spam = func.sum(case((c.verdict == "spam", 1), else_=0))
     longc = func.sum(case((c.long_context.is_(True), 1), else_=0))
-    stmt = (select(c.model_version, func.count(), spam, longc, func.avg(c.latency_ms)).where(*where)
-            .group_by(c.model_version).order_by(func.count().desc()))
+    version = _unindexed(c.model_version)
+    stmt = (select(version, func.count(), spam, longc, func.avg(c.latency_ms)).where(*where)
+            .group_by(version).order_by(func.count().desc()))
     rows = session.execute(stmt)
-    return [ModelStats(v, n, int(s or 0), int(lc or 0), float(lat or 0.0)) for v, n, s, lc, lat in rows]
+    return [ModelStats(v or None, n, int(s or 0), int(lc or 0), float(lat or 0.0)) for v, n, s, lc, lat in rows]

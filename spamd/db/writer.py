@@ -31,6 +31,9 @@ log = logging.getLogger("spamd.db")
 # Errors that mean "the database is not there right now" (down, locked, not yet migrated):
 # the rows are kept. Any other error means the rows themselves were refused.
 DOWN = (OperationalError, InterfaceError, ProgrammingError, PoolTimeout)
+# A backlog is written several INSERTs of batch_size rows to a commit: each commit rewrites
+# every index page it touched, so fewer commits keep up with bursts on a big table.
+BATCHES_PER_COMMIT = 10
 
 
 class ScoreLogWriter:
@@ -91,8 +94,8 @@ class ScoreLogWriter:
         with self._lock:
             self._replay_spool()
             while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                self._write(batch)
+                take = min(self.batch_size * BATCHES_PER_COMMIT, len(self._queue))
+                self._write([self._queue.popleft() for _ in range(take)])
 
     def _replay_spool(self) -> None:
         if self._is_down() or not self.spool.has_rows():
@@ -120,7 +123,8 @@ class ScoreLogWriter:
         """Insert rows; a row refused for itself is logged and dropped. Raises only DOWN errors."""
         try:
             with Session(self.engine) as session, session.begin():
-                insert_rows(session, rows)
+                for i in range(0, len(rows), self.batch_size):
+                    insert_rows(session, rows[i : i + self.batch_size])
             self.written += len(rows)
         except DOWN:
             raise

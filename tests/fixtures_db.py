@@ -24,10 +24,10 @@ from sqlalchemy.exc import OperationalError
 from spamd.cli import main
 from spamd.db import migrate
 from spamd.db.engine import make_engine
+from spamd.db.schema import Base
 from spamd.scorelog import ScoreLogRow, new_log_id
 
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-TABLES = ("labelled_messages", "score_logs", "model_versions", "training_runs")
 
 
 @dataclass
@@ -94,7 +94,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+        conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} RESTART IDENTITY"))
     engine.dispose()
 
 

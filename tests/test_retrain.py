@@ -1,4 +1,4 @@
-"""The retrain job on SQLite and PostgreSQL: promotion, the gate refusing a worse candidate, a killed trainer, the lock."""
+"""The retrain job on SQLite and PostgreSQL: promotion, the gate refusing a worse candidate, a killed trainer, locks."""
 
 from __future__ import annotations
 

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from spamd.config import Config
@@ -40,19 +41,35 @@ MISFIRE_GRACE = 6 * 3600  # a run missed by less than this still happens when a 
 _config: Config | None = None
 
 
-def start(cfg: Config) -> BackgroundScheduler:
+class Scheduler(BackgroundScheduler):
+    """Disposes of its engine once its thread has stopped.
+
+    APScheduler's job store disposes of it before, and the scheduler's thread, still
+    running, may open a new connection that is then never closed.
+    """
+
+    def __init__(self, engine: Engine, **options: Any) -> None:
+        super().__init__(jobstores={"default": SQLAlchemyJobStore(engine=engine)}, **options)
+        self.engine = engine
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+        self.engine.dispose()
+
+
+def start(cfg: Config) -> Scheduler:
     """A running scheduler with both jobs; the caller shuts it down."""
     global _config
     _config = cfg
+    retrain_at, purge_at = cron(cfg.training.schedule), cron(PURGE_SCHEDULE)
     with opened(cfg.database_url):
         pass  # a clear error for a database that is away or not at head, before APScheduler's own
     engine = make_engine(cfg.database_url)
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE}
-    sched = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=engine)},
-                                executors={"default": ThreadPoolExecutor(2)}, job_defaults=defaults)
+    sched = Scheduler(engine, executors={"default": ThreadPoolExecutor(2)}, job_defaults=defaults)
     sched.start(paused=True)
-    _ensure(sched, RETRAIN, retrain_job, cron(cfg.training.schedule))
-    _ensure(sched, PURGE, purge_job, cron(PURGE_SCHEDULE))
+    _ensure(sched, RETRAIN, retrain_job, retrain_at)
+    _ensure(sched, PURGE, purge_job, purge_at)
     sched.resume()
     log.warning("scheduler: retrain at %r (next %s), score-log purge hourly", cfg.training.schedule,
                 sched.get_job(RETRAIN).next_run_time)

@@ -1,0 +1,105 @@
+"""The model registry on SQLite and PostgreSQL: seed, activate, rollback, files shipped to a node, the watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+from spamd import modelstore, registry
+from spamd.db import registry as repo
+from spamd.db.engine import make_engine
+from spamd.db.schema import ModelFile
+from spamd.errors import ModelIntegrityError, ModelNotFound
+from spamd.modelstore import ModelSet
+from tests.fixtures_models import TrainedTiny
+
+
+def new_version(models_dir: Path, tiny: ModelSet, name: str) -> str:
+    """Save the tiny models again under another version name (same weights, new manifest)."""
+    copy = ModelSet(replace(tiny.manifest, version=name, created=f"{name[:4]}-{name[4:6]}-{name[6:8]}T00:00:00+00:00"),
+                    tiny.cnn, tiny.rnn)
+    modelstore.save(models_dir, copy)
+    return name
+
+
+@pytest.fixture
+def engine(retrain_db: str) -> Iterator[Engine]:
+    e = make_engine(retrain_db)
+    yield e
+    e.dispose()
+
+
+def test_an_empty_registry_is_seeded_from_models_active(engine: Engine, models_dir: Path) -> None:
+    starter = modelstore.active_version(models_dir)
+    with Session(engine) as s, s.begin():
+        assert registry.seed(s, models_dir) == starter
+    with Session(engine) as s, s.begin():
+        assert registry.seed(s, models_dir) == starter  # once only
+        [row] = repo.list_versions(s)
+        assert (row.version, row.status, row.activated_at is not None) == (starter, "active", True)
+
+
+def test_activate_and_rollback_step_through_versions(engine: Engine, models_dir: Path,
+                                                     tiny_trained: TrainedTiny) -> None:
+    tiny = tiny_trained.load()
+    starter = modelstore.active_version(models_dir)
+    v2, v3 = new_version(models_dir, tiny, "29990101T000000Z"), new_version(models_dir, tiny, "29990102T000000Z")
+    with Session(engine) as s, s.begin():
+        registry.seed(s, models_dir)
+        registry.activate(s, models_dir, v2)
+        registry.activate(s, models_dir, v3)
+    with Session(engine) as s, s.begin():
+        assert registry.rollback(s, models_dir) == v2
+    with Session(engine) as s, s.begin():
+        assert registry.rollback(s, models_dir) == starter
+        assert {v.version: v.status for v in repo.list_versions(s)} == {v3: "retired", v2: "retired",
+                                                                        starter: "active"}
+    with Session(engine) as s, s.begin(), pytest.raises(ModelNotFound):
+        registry.rollback(s, models_dir)
+
+
+def test_a_node_without_the_files_rebuilds_them_from_the_database(engine: Engine, retrain_db: str, models_dir: Path,
+                                                                   tmp_path: Path, tiny_trained: TrainedTiny) -> None:
+    v2 = new_version(models_dir, tiny_trained.load(), "29990101T000000Z")
+    with Session(engine) as s, s.begin():
+        registry.seed(s, models_dir)
+        registry.activate(s, models_dir, v2)
+    other = tmp_path / "other-node" / "models"  # a node that has only the starter
+    shutil.copytree(tiny_trained.models_dir, other)
+    assert registry.resolve_active(retrain_db, other) == v2
+    assert modelstore.load(other, v2).version == v2  # sha256 checked against its manifest
+    assert modelstore.active_version(other) == v2
+    shutil.rmtree(other / v2)
+    with Session(engine) as s, s.begin():  # a damaged copy in the database is refused
+        s.execute(update(ModelFile).where(ModelFile.version == v2, ModelFile.name == "cnn.safetensors")
+                  .values(data=b"not weights"))
+    with pytest.raises(ModelIntegrityError):
+        registry.resolve_active(retrain_db, other)
+    assert not (other / v2).exists() and not list(other.glob(".tmp-*"))
+
+
+def test_the_watcher_reports_a_newly_active_version(engine: Engine, retrain_db: str, models_dir: Path,
+                                                    tiny_trained: TrainedTiny) -> None:
+    starter = registry.resolve_active(retrain_db, models_dir)
+    seen: list[str] = []
+
+    async def on_change(version: str) -> None:
+        seen.append(version)
+
+    watcher = registry.ModelWatcher(retrain_db, models_dir, 0.05, starter, on_change)
+    asyncio.run(watcher.poll())
+    assert seen == []
+    v2 = new_version(models_dir, tiny_trained.load(), "29990101T000000Z")
+    with Session(engine) as s, s.begin():
+        registry.activate(s, models_dir, v2)
+    asyncio.run(watcher.poll())
+    asyncio.run(watcher.poll())
+    watcher.engine.dispose()
+    assert seen == [v2]

@@ -1,0 +1,152 @@
+"""spamd between two halves of a real Postfix: after-queue content_filter and before-queue smtpd_proxy_filter.
+
+    sender (smtplib) ─▶ Postfix smtpd ─▶ spamd serve ─▶ Postfix reinjection smtpd ─▶ virtual ─▶ Maildir
+
+Postfix is configured with deploy/postfix/'s snippets as docs/operators.md quotes them
+(tests/postfix_instance.py). Skipped only where Postfix is not installed and
+SPAMD_REQUIRE_POSTFIX is unset; CI (.ci/run) installs it and sets the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.fixtures_models import TrainedTiny, fixture_mail
+from tests.postfix_instance import MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed
+
+INSTALLED = postfix_installed() and shutil.which("swaks") is not None
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not INSTALLED and not os.environ.get("SPAMD_REQUIRE_POSTFIX"),
+                       reason="Postfix or swaks is not installed (CI installs both and sets SPAMD_REQUIRE_POSTFIX=1)"),
+]
+
+
+def with_id(raw: bytes, tag: str) -> bytes:
+    """The fixture message with a header of our own in front, to find it again after delivery."""
+    return b"X-Test-Id: %s\r\n" % tag.encode() + raw
+
+
+def swaks(port: int, raw: bytes, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Send with swaks, the operator's smoke-test tool; its transcript is what a sender sees."""
+    message = tmp_path / "message.eml"
+    message.write_bytes(raw)
+    return subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", "alice@example.org",
+                           "--to", MAILBOX, "--data", f"@{message}"], capture_output=True, text=True, timeout=60)
+
+
+def send(port: int, raw: bytes) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        return client.sendmail("alice@example.org", [MAILBOX], raw)
+
+
+def header(message: bytes, name: bytes) -> bytes:
+    """The one value of header NAME in a delivered message (unfolded)."""
+    head = message.split(b"\n\n", 1)[0].replace(b"\n ", b" ").replace(b"\n\t", b" ")
+    prefix = name.lower() + b":"
+    values = [line[len(prefix):].strip() for line in head.splitlines() if line.lower().startswith(prefix)]
+    assert len(values) == 1, (name, head)
+    return values[0]
+
+
+def score_log_actions(spamd: SpamdProcess) -> list[tuple[str, str]]:
+    engine = create_engine(f"sqlite:///{spamd.workdir / 'spamd.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT message_id, action FROM score_logs ORDER BY time")).all()
+    engine.dispose()
+    return [(str(m), str(a)) for m, a in rows]
+
+
+Setup = tuple[PostfixInstance, SpamdProcess]
+
+
+@pytest.fixture
+def mail_system(tiny_trained: TrainedTiny, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
+    """Factory: `mail_system(mode, reject_threshold=...)` starts Postfix in MODE and spamd between its halves."""
+    made: list[Setup] = []
+
+    def make(mode: str, reject_threshold: str = "false") -> Setup:
+        spamd_port = free_port()
+        postfix = PostfixInstance(mode, spamd_port)
+        spamd = SpamdProcess(tmp_path / mode, tiny_trained.models_dir, spamd_port, postfix.reinject_port,
+                             reject_threshold)
+        made.append((postfix, spamd))
+        postfix.start()
+        spamd.start()
+        return postfix, spamd
+
+    yield make
+    for postfix, spamd in made:
+        spamd.stop()
+        postfix.stop()
+        postfix.remove()
+
+
+def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setup]):
+    postfix, spamd = mail_system("after-queue")
+    ham, spam = fixture_mail("train", "ham")[0], fixture_mail("train", "spam")[0]
+    assert send(postfix.public_port, with_id(ham, "aq-ham")) == {}
+    assert send(postfix.public_port, with_id(spam, "aq-spam")) == {}
+    delivered = postfix.wait_delivered(2)
+    assert len(delivered) == 2, postfix.log() + spamd.log()
+    by_id = {header(m, b"X-Test-Id"): m for m in delivered}
+    assert header(by_id[b"aq-ham"], b"X-Spam-Flag") == b"NO"
+    assert header(by_id[b"aq-spam"], b"X-Spam-Flag") == b"YES"
+    for message in delivered:
+        assert header(message, b"X-Spam-Status").startswith((b"Yes, score=", b"No, score="))
+        float(header(message, b"X-Spam-Score"))
+        log_id = header(message, b"X-Spam-Id").decode()
+        assert len(log_id) > 8
+    assert postfix.queue() == []
+    assert "relay=127.0.0.1[127.0.0.1]" in postfix.log()  # it really went through the spamd transport
+
+
+def test_before_queue_rejects_spam_at_the_sender(mail_system: Callable[..., Setup], tmp_path: Path):
+    postfix, spamd = mail_system("before-queue", reject_threshold="0.5")
+    ham, spam = fixture_mail("train", "ham")[0], fixture_mail("train", "spam")[0]
+    assert send(postfix.public_port, with_id(ham, "bq-ham")) == {}
+    refused = swaks(postfix.public_port, with_id(spam, "bq-spam"), tmp_path)
+    assert refused.returncode != 0
+    assert "<** 550 5.7.1 Message refused as spam" in refused.stdout, refused.stdout + refused.stderr
+    postfix.wait_delivered(1)
+    time.sleep(0.5)  # a wrongly accepted spam would have arrived by now
+    delivered = postfix.delivered()
+    assert [header(m, b"X-Test-Id") for m in delivered] == [b"bq-ham"], postfix.log()
+    assert header(delivered[0], b"X-Spam-Flag") == b"NO"
+    assert postfix.queue() == []  # the spam was never queued: no bounce to a forged sender
+    assert "proxy-reject: END-OF-MESSAGE: 550 5.7.1" in postfix.log()
+    assert spamd.stop() == 0
+    assert sorted(action for _, action in score_log_actions(spamd)) == ["passed", "rejected"]
+
+
+def test_after_queue_keeps_mail_while_spamd_is_down(mail_system: Callable[..., Setup]):
+    postfix, spamd = mail_system("after-queue")
+    spamd.stop()
+    ham = fixture_mail("train", "ham")[1]
+    assert send(postfix.public_port, with_id(ham, "down")) == {}  # Postfix accepts: it is queued
+
+    deadline = time.monotonic() + 20
+    while not (queued := postfix.queue()) or "deferred" != queued[0]["queue_name"]:
+        assert time.monotonic() < deadline, (queued, postfix.log())
+        time.sleep(0.2)
+    reason = queued[0]["recipients"][0]["delay_reason"]  # type: ignore[index]
+    assert f"127.0.0.1[127.0.0.1]:{spamd.port}" in reason and "refused" in reason
+    assert postfix.delivered() == []
+
+    spamd.start()
+    postfix.flush()  # without it, the retry comes after minimal_backoff_time
+    delivered = postfix.wait_delivered(1)
+    assert [header(m, b"X-Test-Id") for m in delivered] == [b"down"], postfix.log()
+    assert header(delivered[0], b"X-Spam-Flag") in (b"NO", b"YES")
+    assert postfix.queue() == []
+    assert spamd.stop() == 0
+    assert [action for _, action in score_log_actions(spamd)] == ["passed"]

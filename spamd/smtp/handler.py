@@ -88,6 +88,8 @@ class ProxyHandler:
     async def _score(self, raw: bytes, mid: str) -> tuple[Verdict | None, str]:
         if not self.policy.scoring:
             return None, ""
+        if self.batcher.scorer is None:
+            return None, "no model loaded"  # said once, loudly, at start: not again per message
         try:
             return await asyncio.wait_for(self.batcher.score(raw), self.scoring_timeout), ""
         except TimeoutError:

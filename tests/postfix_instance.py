@@ -2,7 +2,7 @@
 
 The instance has its own config, queue, data and mail directories under one temporary
 directory, listens on 127.0.0.1 only, delivers to a Maildir through Postfix's `virtual`
-agent, and logs to a file there. Its main.cf and master.cf are this module's test-only
+agent (or relays to an smtp-sink, for bench/postfix_load.py), and logs to a file there. Its main.cf and master.cf are this module's test-only
 base (directories, fast retry timers, the internal services) followed by the snippet files
 from deploy/postfix/MODE/ exactly as docs/operators.md quotes them; `localize` changes only
 their port numbers, because a test cannot take ports 25, 10025 and 10026 on a shared host.
@@ -42,16 +42,25 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 alias_maps =
 alias_database =
 smtputf8_enable = no
+# The queue manager looks for work every second; deferred mail waits a minute (or `postqueue -f`).
+queue_run_delay = 1s
+minimal_backoff_time = 60s
+maximal_backoff_time = 120s
+"""
+
+# Final delivery: example.net is a virtual mailbox domain, bob's mail goes to a Maildir.
+TO_MAILDIR = """\
 virtual_mailbox_domains = example.net
 virtual_mailbox_base = {root}/mail
 virtual_mailbox_maps = inline:{{ {mailbox}=bob/Maildir/ }}
 virtual_uid_maps = static:{nobody}
 virtual_gid_maps = static:{nobody}
-# The queue manager looks for work every second; deferred mail waits a minute (or `postqueue -f`).
-queue_run_delay = 1s
-minimal_backoff_time = 60s
-maximal_backoff_time = 120s
-# --- deploy/postfix/{mode}/main.cf ---
+"""
+
+# Or, for the load benchmark: example.net is relayed to an smtp-sink on loopback.
+TO_SINK = """\
+relay_domains = example.net
+transport_maps = inline:{{ example.net=smtp:[127.0.0.1]:{sink_port} }}
 """
 
 BASE_MASTER = """\
@@ -113,14 +122,15 @@ def wait_listening(port: int, timeout: float = 30) -> None:
 
 
 class PostfixInstance:
-    """One Postfix instance in MODE ("after-queue" or "before-queue") with spamd expected on `spamd_port`.
+    """One Postfix instance in MODE ("after-queue", "before-queue", or "none": no spamd) with spamd on `spamd_port`.
 
     `public_port` is where senders connect (port 25 in production), `reinject_port` where
-    spamd hands mail back (10026 in the snippets).
+    spamd hands mail back (10026 in the snippets). Mail for example.net goes to a Maildir,
+    or to an smtp-sink on `sink_port` when one is given.
     """
 
-    def __init__(self, mode: str, spamd_port: int) -> None:
-        self.mode, self.spamd_port = mode, spamd_port
+    def __init__(self, mode: str, spamd_port: int, sink_port: int | None = None) -> None:
+        self.mode, self.spamd_port, self.sink_port = mode, spamd_port, sink_port
         self.public_port, self.reinject_port = free_port(), free_port()
         self.root = Path(tempfile.mkdtemp(prefix="spamd-postfix-"))
         self.root.chmod(0o755)  # Postfix's daemons run as the postfix user and must reach their queue
@@ -135,10 +145,12 @@ class PostfixInstance:
         (self.root / "mail").mkdir()
         os.chown(self.root / "mail", NOBODY, NOBODY)
         ports = (self.spamd_port, self.reinject_port, self.public_port)
-        main = BASE_MAIN.format(root=self.root, mode=self.mode, mailbox=MAILBOX, nobody=NOBODY)
+        values = dict(root=self.root, mailbox=MAILBOX, nobody=NOBODY, sink_port=self.sink_port)
+        main = BASE_MAIN + (TO_MAILDIR if self.sink_port is None else TO_SINK)
+        main = main.format(**values) + f"# --- deploy/postfix/{self.mode}/main.cf ---\n"
         (self.config_dir / "main.cf").write_text(main + localize(snippet(self.mode, "main.cf"), *ports))
         master = BASE_MASTER
-        if self.mode == "after-queue":  # the stock public smtpd; content_filter in main.cf applies to it
+        if self.mode != "before-queue":  # the stock public smtpd; content_filter in main.cf applies to it
             master += f"127.0.0.1:{self.public_port} inet n - n - - smtpd\n"
         master += f"# --- deploy/postfix/{self.mode}/master.cf ---\n"
         (self.config_dir / "master.cf").write_text(master + localize(snippet(self.mode, "master.cf"), *ports))
@@ -156,9 +168,16 @@ class PostfixInstance:
         self.postfix("postfix", "check")  # creates the queue's subdirectories with their owners
         self.postfix("postfix", "start")
         wait_listening(self.public_port)
-        wait_listening(self.reinject_port)
+        if self.mode != "none":
+            wait_listening(self.reinject_port)
+
+    def running(self) -> bool:
+        return subprocess.run(["/usr/sbin/postfix", "-c", str(self.config_dir), "status"],
+                              capture_output=True, timeout=60).returncode == 0
 
     def stop(self) -> None:
+        if not self.running():
+            return
         try:
             self.postfix("postfix", "stop")
         except AssertionError:
@@ -194,14 +213,14 @@ class SpamdProcess:
     """`spamd serve` as its own process on 127.0.0.1:PORT, handing mail to Postfix's reinjection port."""
 
     def __init__(self, workdir: Path, models_dir: Path, port: int, reinject_port: int,
-                 reject_threshold: str = "false") -> None:
+                 reject_threshold: str = "false", workers: int = 1) -> None:
         self.workdir, self.port = workdir, port
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "spamd.toml"
         self.config.write_text(f"""
 [smtp]
 listen = "127.0.0.1:{port}"
-workers = 1
+workers = {workers}
 drain_timeout = 10.0
 [delivery]
 url = "smtp://127.0.0.1:{reinject_port}"

@@ -1,0 +1,167 @@
+"""Adaptation: the situation of a new site. A base version trained on the older half of the corpus,
+then the retrain job run on K labels from the newer half, evaluated on the newer half's test rows,
+next to bogofilter trained on the same K labels and on the base rows + K, in the same run.
+
+    python -m bench.adaptation [--ks 50,200,1000,all] [--epochs 10] [--json bench/out/adaptation.json]
+
+Older half: SPLIT train rows of easy_ham, hard_ham, spam. Newer half: easy_ham_2, spam_2.
+The retrain job runs as configured by default: warm start from the base version, the older
+half mixed in as the starter corpus, a 20% holdout of the K labels, the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+
+from bench.corpus import Bogofilter, Row, machine, rows
+from spamd import metrics, modelstore
+from spamd.config import Config, DatabaseConfig, ScoringConfig, TrainingConfig
+from spamd.db import migrate
+from spamd.db.engine import make_engine
+from spamd.db.labels import Labelling, apply_labels, prepare
+from spamd.features import TokenizerConfig, token_ids
+from spamd.mail.headers import fingerprint
+from spamd.mail.parse import parse
+from spamd.registry import now
+from spamd.retrain import job
+from spamd.scorer import Scorer, ScoringPolicy, encode
+from spamd.train import Sample, TrainConfig, train
+
+OLD, NEW = ("easy_ham", "hard_ham", "spam"), ("easy_ham_2", "spam_2")
+BOGO_CUTOFF = 0.99  # bogofilter's default spam_cutoff
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ks", default="50,200,1000,all")
+    ap.add_argument("--epochs", type=int, default=TrainingConfig().epochs)
+    ap.add_argument("--json", default="bench/out/adaptation.json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    work = Path(tempfile.mkdtemp(prefix="adaptation-"))
+    old, new, test = rows("train", OLD), rows("train", NEW), rows("test", NEW)
+    test_raw, labels = [r.raw() for r in test], [r.label for r in test]
+    base_dir, base, base_secs = train_base(work, old, args.epochs)
+    out: dict[str, Any] = {"machine": machine(), "epochs": args.epochs, "old_train": len(old), "new_train": len(new),
+                           "new_test": len(test), "base_train_seconds": base_secs,
+                           "base": evaluate(modelstore.load(base_dir, base), test_raw, labels),
+                           "bogofilter_base": bogofilter([], old, test, labels), "runs": []}
+    starter = write_split(work, old)
+    picked = random.Random(1).sample(new, len(new))
+    for k in [len(new) if k == "all" else int(k) for k in args.ks.split(",")]:
+        out["runs"].append(adapt(work, base_dir, base, starter, picked[:k], old, test, test_raw, labels, args.epochs))
+        print(json.dumps(out["runs"][-1]["summary"]), file=sys.stderr, flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print_table(out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def train_base(work: Path, old: list[Row], epochs: int) -> tuple[Path, str, float]:
+    tok = TokenizerConfig()
+    samples = [Sample(token_ids(parse(raw), tok), r.label, fingerprint(raw)) for r in old for raw in [r.raw()]]
+    started = time.monotonic()
+    models = train(samples, TrainConfig(epochs=epochs, threads=2, tokenizer=tok))
+    secs = round(time.monotonic() - started, 1)
+    base_dir = work / "base"
+    modelstore.save(base_dir, models)
+    return base_dir, models.version, secs
+
+
+def write_split(work: Path, old: list[Row]) -> Path:
+    """The older half as the retrain job's starter corpus: a SPLIT.tsv of absolute paths."""
+    d = work / "starter"
+    d.mkdir()
+    lines = ["path\tlabel\tsplit"] + [f"{r.path}\t{'spam' if r.label else 'ham'}\ttrain" for r in old]
+    (d / "SPLIT.tsv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def adapt(work: Path, base_dir: Path, base: str, starter: Path, chosen: list[Row], old: list[Row],
+          test: list[Row], test_raw: list[bytes], labels: list[int], epochs: int) -> dict[str, Any]:
+    """One site: the base version active, K labels in a fresh store, the retrain job run once."""
+    site = work / f"k{len(chosen)}"
+    shutil.copytree(base_dir, site / "models")
+    modelstore.set_active(site / "models", base)
+    url = f"sqlite:///{site / 'spamd.db'}"
+    migrate.upgrade(url)
+    label(url, chosen)
+    training = replace(TrainingConfig(), epochs=epochs, threads=2, nice=0, starter_corpus=str(starter))
+    cfg = Config(scoring=ScoringConfig(models_dir=str(site / "models")), database=DatabaseConfig(url=url),
+                 training=training, base_dir=site)
+    started = time.monotonic()
+    result = job.run(cfg)
+    secs = round(time.monotonic() - started, 1)
+    cand = evaluate(modelstore.load(site / "models", result.candidate), test_raw, labels) if result.candidate else None
+    run = {"k": len(chosen), "outcome": result.outcome, "retrain_seconds": secs, "error": result.error,
+           "job_metrics": result.metrics, "candidate": cand, "bogofilter_k": bogofilter(chosen, [], test, labels),
+           "bogofilter_base_plus_k": bogofilter(chosen, old, test, labels)}
+    run["summary"] = {"k": len(chosen), "outcome": result.outcome, "seconds": secs,
+                      "candidate_1-roca%": cand and cand["one_minus_roca_pct"],
+                      "bogo_k_1-roca%": run["bogofilter_k"]["one_minus_roca_pct"]}
+    return run
+
+
+def label(url: str, chosen: list[Row]) -> None:
+    engine = make_engine(url)
+    for how in ("spam", "ham"):
+        items = [prepare(r.raw()) for r in chosen if r.label == (how == "spam")]
+        with Session(engine) as s, s.begin():
+            apply_labels(s, items, Labelling(how, "bench", "cli", now()))
+    engine.dispose()
+
+
+def evaluate(models: modelstore.ModelSet, raws: list[bytes], labels: list[int]) -> dict[str, Any]:
+    scorer = Scorer(models, ScoringPolicy())
+    verdicts = scorer.score_ids([encode(raw, models) for raw in raws])
+    return {**metrics.report([v.score for v in verdicts], labels, scorer.threshold).to_dict(),
+            "version": models.version, "threshold": scorer.threshold}
+
+
+def bogofilter(chosen: list[Row], base: list[Row], test: list[Row], labels: list[int]) -> dict[str, Any]:
+    bogo = Bogofilter()
+    try:
+        started = time.monotonic()
+        trained = base + chosen
+        bogo.train([r.path for r in trained if r.label], [r.path for r in trained if not r.label])
+        secs = round(time.monotonic() - started, 1)
+        scores = bogo.score([r.path for r in test])
+    finally:
+        bogo.close()
+    return {**metrics.report(scores, labels, BOGO_CUTOFF).to_dict(), "train_seconds": secs}
+
+
+def print_table(out: dict[str, Any]) -> None:
+    print(f"newer-half test rows: {out['new_test']}; base trained on {out['old_train']} older-half rows in "
+          f"{out['base_train_seconds']} s; epochs {out['epochs']}; {out['machine']}")
+    print("| K | scorer | outcome | (1-ROCA)% | FPR | FNR | retrain s |")
+    print("|---|---|---|---|---|---|---|")
+    row(out["base"], "0", "base version", "", "")
+    row(out["bogofilter_base"], "0", "bogofilter, base rows", "", out["bogofilter_base"]["train_seconds"])
+    for r in out["runs"]:
+        if r["candidate"]:
+            row(r["candidate"], r["k"], "spamd retrained", r["outcome"], r["retrain_seconds"])
+        row(r["bogofilter_k"], r["k"], "bogofilter, K only", "", r["bogofilter_k"]["train_seconds"])
+        both = r["bogofilter_base_plus_k"]
+        row(both, r["k"], "bogofilter, base + K", "", both["train_seconds"])
+
+
+def row(m: dict[str, Any], k: object, name: str, outcome: str, secs: object) -> None:
+    print(f"| {k} | {name} | {outcome} | {m['one_minus_roca_pct']:.4f} | {100 * m['fpr']:.2f}% | "
+          f"{100 * m['fnr']:.2f}% | {secs} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,6 @@ import mailbox
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from click.testing import Result
 
 from tests.fixtures_models import fixture_mail
@@ -45,8 +44,6 @@ def test_maildir_is_labelled_and_a_second_run_changes_nothing(spamd: Spamd, tmp_
     assert "spam   alice" in listing and "total: 6 spam, 0 ham, 6 in all" in listing
 
 
-# spamd/corpus.py's _read_mbox never closes the mbox it opens (its owner is told); drop this mark once it does.
-@pytest.mark.filterwarnings("ignore:Exception ignored in. <_io.FileIO:pytest.PytestUnraisableExceptionWarning")
 def test_mbox_with_a_duplicate_is_merged(spamd: Spamd, tmp_path: Path) -> None:
     ham = fixture_mail("train", "ham")[:4]
     path = mbox(tmp_path / "ham.mbox", ham + ham[:1])

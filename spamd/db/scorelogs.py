@@ -6,9 +6,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, literal, select
+from sqlalchemy import ColumnElement, Table, and_, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -39,7 +39,7 @@ def insert_rows(session: Session, rows: Sequence[ScoreLogRow]) -> None:
     if not rows:
         return
     # The Table, not the ORM class: a plain executemany, without the ORM's per-row bookkeeping.
-    table, dialect = ScoreLog.__table__, session.get_bind().dialect.name
+    table, dialect = cast(Table, ScoreLog.__table__), session.get_bind().dialect.name
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
     elif dialect == "sqlite":
@@ -79,7 +79,7 @@ class LogQuery:
 
 def find(session: Session, q: LogQuery) -> list[ScoreLogRow]:
     """Matching rows, newest first."""
-    stmt: Select[tuple[ScoreLog]] = select(ScoreLog).where(*conditions(q)).order_by(ScoreLog.time.desc())
+    stmt = select(ScoreLog).where(*conditions(q)).order_by(ScoreLog.time.desc())
     if q.limit:
         stmt = stmt.limit(q.limit)
     return [to_row(log) for log in session.scalars(stmt)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
 from spamd.db.schema import ScoreLog
@@ -53,13 +54,13 @@ def _window(since: datetime | None, until: datetime | None) -> list[ColumnElemen
     return ([ScoreLog.time >= since] if since else []) + ([ScoreLog.time < until] if until else [])
 
 
-def _counts(session: Session, column: ColumnElement[str], where: list[ColumnElement[bool]]) -> dict[str, int]:
+def _counts(session: Session, column: SQLColumnExpression[str], where: list[ColumnElement[bool]]) -> dict[str, int]:
     key = _unindexed(column)
     stmt = select(key, func.count()).where(*where).group_by(key).order_by(func.count().desc())
     return {key: n for key, n in session.execute(stmt)}
 
 
-def _unindexed(column: ColumnElement[str | None]) -> ColumnElement[str]:
+def _unindexed(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
     # Grouping by a bare column lets SQLite's planner walk that column's index (all of it, in
     # order) instead of the time index that narrows the window: 150 ms instead of 2 at 1M rows.
     return func.coalesce(column, "")

@@ -46,11 +46,11 @@ def create_embedded(url: str) -> None:
 def upgrade(url: str) -> None:
     """Apply every migration not yet applied (`spamd db upgrade`); a new SQLite file's directory is made."""
     path = sqlite_path(url)
-    try:
-        if path is not None:
+    if path is not None:
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create {path.parent} for the database: {exc.strerror}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent} for the database: {exc.strerror}") from exc
     try:
         migrate.upgrade(url)
     except SQLAlchemyError as exc:

@@ -1,6 +1,7 @@
 """spamd between two halves of a real Postfix: after-queue content_filter and before-queue smtpd_proxy_filter.
 
-    sender (smtplib) ─▶ Postfix smtpd ─▶ spamd serve ─▶ Postfix reinjection smtpd ─▶ virtual ─▶ Maildir
+    sender (smtplib, swaks) ─▶ Postfix smtpd ─▶ spamd serve ─▶ Postfix reinjection smtpd ─▶ virtual ─▶ Maildir
+    delivered message ─▶ deploy/dovecot/ pipe script ─▶ spamd label (a user's "spam" / "not spam")
 
 Postfix is configured with deploy/postfix/'s snippets as docs/operators.md quotes them
 (tests/postfix_instance.py). Skipped only where Postfix is not installed and
@@ -13,6 +14,7 @@ import os
 import shutil
 import smtplib
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +23,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.fixtures_models import TrainedTiny, fixture_mail
-from tests.postfix_instance import MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed
+from tests.postfix_instance import DEPLOY, MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed
 
 INSTALLED = postfix_installed() and shutil.which("swaks") is not None
+DOVECOT = DEPLOY.parent / "dovecot"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not INSTALLED and not os.environ.get("SPAMD_REQUIRE_POSTFIX"),
@@ -64,6 +67,22 @@ def score_log_actions(spamd: SpamdProcess) -> list[tuple[str, str]]:
         rows = conn.execute(text("SELECT message_id, action FROM score_logs ORDER BY time")).all()
     engine.dispose()
     return [(str(m), str(a)) for m, a in rows]
+
+
+def report(script: str, user: str, message: bytes, spamd: SpamdProcess) -> None:
+    """Run a deploy/dovecot/ pipe script as Dovecot's sieve would: the message on stdin, the user as $1."""
+    env = {**os.environ, "SPAMD": str(Path(sys.executable).with_name("spamd")), "SPAMD_CONFIG": str(spamd.config)}
+    proc = subprocess.run([str(DOVECOT / script), user], input=message, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b"1 added"), proc.stdout
+
+
+def labels(spamd: SpamdProcess) -> set[tuple[str, str, str, str]]:
+    engine = create_engine(f"sqlite:///{spamd.workdir / 'spamd.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT score_log_id, label, labelled_by, source FROM labelled_messages")).all()
+    engine.dispose()
+    return {(str(i), str(lb), str(by), str(src)) for i, lb, by, src in rows}
 
 
 Setup = tuple[PostfixInstance, SpamdProcess]
@@ -108,6 +127,14 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
         assert len(log_id) > 8
     assert postfix.queue() == []
     assert "relay=127.0.0.1[127.0.0.1]" in postfix.log()  # it really went through the spamd transport
+
+    # The way back: bob moves the ham into Junk and the spam out of it; Dovecot's sieve pipes
+    # each delivered message, headers and all, to the scripts in deploy/dovecot/.
+    for script, test_id in (("spamd-report-spam", b"aq-ham"), ("spamd-report-ham", b"aq-spam")):
+        report(script, "bob", by_id[test_id], spamd)
+    labelled = labels(spamd)
+    assert labelled == {(header(by_id[b"aq-ham"], b"X-Spam-Id").decode(), "spam", "bob", "pipe"),
+                        (header(by_id[b"aq-spam"], b"X-Spam-Id").decode(), "ham", "bob", "pipe")}
 
 
 def test_before_queue_rejects_spam_at_the_sender(mail_system: Callable[..., Setup], tmp_path: Path):

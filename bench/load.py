@@ -9,7 +9,9 @@ that peak (open loop: messages arrive at a fixed rate, latency counted from the 
 queueing shows). "Added latency" is the proxy's percentile minus that of the sink alone at
 the same rate. The sink (below, or Postfix's `smtp-sink` when installed) only counts, so
 the counts prove every message arrived exactly once. RSS is summed over the daemon's
-processes. The load generator, the sink and the daemon share the machine's cores.
+processes (PSS counts their shared pages once). Where Debian's postfix package is installed,
+each configuration is also driven by `smtp-source` into `smtp-sink` (synthetic 5 kB messages,
+both in C). The load generator, the sink and the daemon share the machine's cores.
 """
 
 from __future__ import annotations
@@ -295,6 +297,31 @@ def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Na
             "answered_250": answered_250, "delivered_at_sink": delivered}
 
 
+def postfix_tools(tmp: Path, models_dir: Path, workers: int, scoring: bool, args: argparse.Namespace,
+                  messages: int = 3000) -> dict[str, object] | None:
+    """Postfix's `smtp-source` → spamd → `smtp-sink` (synthetic 5 kB messages), where the package is installed."""
+    if not (shutil.which("smtp-source") and shutil.which("smtp-sink")):
+        return None
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "root", "-m", "1000", f"127.0.0.1:{sink_port}", "1024"])
+    try:
+        wait_smtp(sink_port, sink)
+        proc, port = start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool)
+        try:
+            started = time.perf_counter()
+            out = subprocess.run(["smtp-source", "-d", "-s", str(args.clients), "-m", str(messages), "-l", "5000",
+                                  "-f", "bench@example.org", "-t", "user@example.net", f"127.0.0.1:{port}"],
+                                 capture_output=True, text=True, timeout=600)
+            elapsed = time.perf_counter() - started
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    finally:
+        sink.terminate()
+    return {"workers": workers, "scoring": scoring, "messages": messages, "exit": out.returncode,
+            "errors": out.stderr.strip().splitlines()[-3:], "messages_per_s": round(messages / elapsed, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -336,6 +363,8 @@ def report(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namesp
         if r["scoring"]:
             rate = r["half_peak"]["rate"]  # type: ignore[index]
             direct[str(r["workers"])] = asyncio.run(open_loop(sink_port, msgs, rate, args.seconds, args.clients))
+    postfix = [postfix_tools(tmp, models_dir, int(w), scoring, args)
+               for w in args.workers.split(",") for scoring in (True, False)]
     for r in runs:
         base = direct.get(str(r["workers"]))
         null = next(n for n in runs if n["workers"] == r["workers"] and not n["scoring"])
@@ -345,7 +374,8 @@ def report(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namesp
             r["added_p99_ms"] = round(h["p99_ms"] - base["p99_ms"], 2)  # type: ignore[index]
             r["ratio_to_null"] = round(r["peak"]["messages_per_s"] / null["peak"]["messages_per_s"], 2)  # type: ignore[index]
     return {"machine": machine(), "messages": len(msgs),
-            "clients": args.clients, "seconds": args.seconds, "runs": runs, "sink_alone_at_same_rate": direct}
+            "clients": args.clients, "seconds": args.seconds, "runs": runs, "sink_alone_at_same_rate": direct,
+            "smtp_source_to_smtp_sink": [p for p in postfix if p is not None]}
 
 
 if __name__ == "__main__":

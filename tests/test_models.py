@@ -171,3 +171,13 @@ def test_manifest_is_readable_json(tiny_trained: TrainedTiny) -> None:
     data = json.loads((tiny_trained.models_dir / tiny_trained.version / "manifest.json").read_text())
     assert data["version"] == tiny_trained.version
     assert data["tokenizer"]["buckets"] > 0 and data["cnn_args"]["widths"]
+
+
+def test_a_score_does_not_depend_on_batch_mates(tiny_trained: TrainedTiny) -> None:
+    scorer = Scorer(tiny_trained.load(), ScoringPolicy(rnn_rule="always"))
+    raws = fixture_mail("starter", "spam")[:6] + fixture_mail("starter", "ham")[:6]
+    together = scorer.score(raws)
+    for raw, v in zip(raws, together, strict=True):
+        (alone,) = scorer.score([raw])
+        assert alone.cnn == pytest.approx(v.cnn, abs=1e-6)
+        assert alone.rnn == pytest.approx(v.rnn, abs=1e-6)

@@ -34,7 +34,15 @@ class TextCNN(nn.Module):
         ids = fold_ids(ids[:, : self.cfg.window], self.cfg.buckets)
         if ids.shape[1] < max(self.cfg.widths):
             ids = nn.functional.pad(ids, (0, max(self.cfg.widths) - ids.shape[1]))
+        lengths = (ids > 0).sum(dim=1, keepdim=True)  # (B, 1)
         x = self.embed(ids).transpose(1, 2)  # (B, C, T)
-        pooled = [conv(x).relu().amax(dim=2) for conv in self.convs]  # each (B, F)
+        pooled = []
+        for conv, width in zip(self.convs, self.cfg.widths, strict=True):
+            y = conv(x).relu()  # (B, F, T - width + 1)
+            # Windows that reach into the padding are zeroed, so a message's score never
+            # depends on how much padding its batch-mates forced on it.
+            starts = torch.arange(y.shape[2], device=ids.device)[None, :]  # (1, T - width + 1)
+            y = y * (starts + width <= lengths)[:, None, :]
+            pooled.append(y.amax(dim=2))  # (B, F)
         h = self.drop(torch.cat(pooled, dim=1))  # (B, F * len(widths))
         return self.out(h).squeeze(1)  # (B,)

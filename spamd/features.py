@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import asdict, dataclass
+from itertools import islice
 
 from spamd.mail.parse import ParsedMail
 
@@ -82,16 +83,9 @@ def token_ids(mail: ParsedMail, cfg: TokenizerConfig) -> list[int]:
 
 
 def _words(text: str, limit: int = 10_000) -> list[str]:
-    out = []
-    for m in _WORD.finditer(text.lower()):
-        word = m.group(0)
-        # Long numbers are noise individually but their shape is signal (phone, price, id).
-        if len(word) > 4 and word[0].isdigit():
-            word = _DIGITS.sub("9", word)
-        out.append(word)
-        if len(out) >= limit:
-            break
-    return out
+    words = [m.group(0) for m in islice(_WORD.finditer(text.lower()), limit)]
+    # Long numbers are noise individually but their shape is signal (phone, price, id).
+    return [_DIGITS.sub("9", w) if len(w) > 4 and w[0].isdigit() else w for w in words]
 
 
 def _markers(mail: ParsedMail) -> list[str]:

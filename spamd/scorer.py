@@ -7,8 +7,8 @@ proxy's business. `Scorer` is not thread-safe; give each worker its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -64,10 +64,19 @@ class Scorer:
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
 
     def score(self, raws: Sequence[bytes]) -> list[Verdict]:
-        return self.score_ids([encode(raw, self.models) for raw in raws])
+        mails = [parse(raw) for raw in raws]
+        tok = self.models.tokenizer
+        # The CNN reads only the first `window` tokens: tokenize that far (one more tells a
+        # long message), and read the rest only for the messages the RNN is asked about.
+        head = replace(tok, max_tokens=min(tok.max_tokens, self.models.cnn.cfg.window + 1))
+        return self._score([token_ids(m, head) for m in mails], lambda i: token_ids(mails[i], tok))
+
+    def score_ids(self, batch: Sequence[Sequence[int]]) -> list[Verdict]:
+        """Score messages already turned into (complete) token ids."""
+        return self._score(batch, lambda i: batch[i])
 
     @torch.inference_mode()
-    def score_ids(self, batch: Sequence[Sequence[int]]) -> list[Verdict]:
+    def _score(self, batch: Sequence[Sequence[int]], full_ids: Callable[[int], Sequence[int]]) -> list[Verdict]:
         if not batch:
             return []
         cnn, rnn = self.models.cnn, self.models.rnn
@@ -80,7 +89,7 @@ class Scorer:
         ]
         rnn_logits: dict[int, float] = {}
         if ask:
-            out = rnn(pad([batch[i] for i in ask], rnn.cfg.window)).tolist()
+            out = rnn(pad([full_ids(i) for i in ask], rnn.cfg.window)).tolist()
             rnn_logits = dict(zip(ask, out, strict=False))
         return [self._verdict(z, rnn_logits.get(i)) for i, z in enumerate(cnn_logits)]
 

@@ -14,7 +14,7 @@ from spamd.combine import Combiner, consult_rnn, fit_combiner
 from spamd.errors import ModelIntegrityError, ModelNotFound, ScoringError, TrainingError
 from spamd.nets.cnn import CNNConfig, TextCNN
 from spamd.nets.rnn import RNNConfig, TextRNN
-from spamd.scorer import Scorer, ScoringPolicy
+from spamd.scorer import Scorer, ScoringPolicy, encode
 from spamd.train import Sample, split, train
 from tests.fixtures_models import TINY, TrainedTiny, fixture_mail, fixture_samples
 
@@ -181,3 +181,13 @@ def test_a_score_does_not_depend_on_batch_mates(tiny_trained: TrainedTiny) -> No
         (alone,) = scorer.score([raw])
         assert alone.cnn == pytest.approx(v.cnn, abs=1e-6)
         assert alone.rnn == pytest.approx(v.rnn, abs=1e-6)
+
+
+def test_scoring_raw_bytes_equals_scoring_complete_token_ids(tiny_trained: TrainedTiny) -> None:
+    """score() tokenizes only the CNN's window unless the RNN reads on: the verdicts must not change."""
+    models = tiny_trained.load()
+    scorer = Scorer(models, ScoringPolicy(rnn_rule="long"))
+    raws = fixture_mail("starter", "spam") + fixture_mail("starter", "ham")
+    from_ids = scorer.score_ids([encode(raw, models) for raw in raws])
+    assert any(v.rnn is not None for v in from_ids), "the fixtures must include messages longer than the window"
+    assert scorer.score(raws) == from_ids

@@ -2,10 +2,11 @@
 
 The instance has its own config, queue, data and mail directories under one temporary
 directory, listens on 127.0.0.1 only, delivers to a Maildir through Postfix's `virtual`
-agent (or relays to an smtp-sink, for bench/postfix_load.py), and logs to a file there. Its main.cf and master.cf are this module's test-only
-base (directories, fast retry timers, the internal services) followed by the snippet files
-from deploy/postfix/MODE/ exactly as docs/operators.md quotes them; `localize` changes only
-their port numbers, because a test cannot take ports 25, 10025 and 10026 on a shared host.
+agent (or relays to an smtp-sink, for bench/postfix_load.py), and logs to a file there.
+Its main.cf and master.cf are this module's test-only base (directories, queue timers,
+the internal services) followed by the snippet files from deploy/postfix/MODE/ exactly as
+docs/operators.md quotes them; `localize` changes only their port numbers, because a test
+cannot take ports 25, 10025 and 10026 on a shared host.
 """
 
 from __future__ import annotations

@@ -22,16 +22,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from spamd.config import load_config
 from tests.fixtures_models import TrainedTiny, fixture_mail
-from tests.postfix_instance import DEPLOY, MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed
+from tests.postfix_instance import DEPLOY, MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed, snippet
 
-INSTALLED = postfix_installed() and shutil.which("swaks") is not None
 DOVECOT = DEPLOY.parent / "dovecot"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not INSTALLED and not os.environ.get("SPAMD_REQUIRE_POSTFIX"),
-                       reason="Postfix or swaks is not installed (CI installs both and sets SPAMD_REQUIRE_POSTFIX=1)"),
-]
+GUIDE = DEPLOY.parent.parent / "docs" / "operators.md"
+INSTALLED = postfix_installed() and shutil.which("swaks") is not None
+needs_postfix = pytest.mark.skipif(
+    not INSTALLED and not os.environ.get("SPAMD_REQUIRE_POSTFIX"),
+    reason="Postfix or swaks is not installed (CI installs both and sets SPAMD_REQUIRE_POSTFIX=1)")
 
 
 def with_id(raw: bytes, tag: str) -> bytes:
@@ -110,6 +110,8 @@ def mail_system(tiny_trained: TrainedTiny, tmp_path: Path) -> Iterator[Callable[
         postfix.remove()
 
 
+@pytest.mark.slow
+@needs_postfix
 def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setup]):
     postfix, spamd = mail_system("after-queue")
     ham, spam = fixture_mail("train", "ham")[0], fixture_mail("train", "spam")[0]
@@ -137,6 +139,8 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
                         (header(by_id[b"aq-spam"], b"X-Spam-Id").decode(), "ham", "bob", "pipe")}
 
 
+@pytest.mark.slow
+@needs_postfix
 def test_before_queue_rejects_spam_at_the_sender(mail_system: Callable[..., Setup], tmp_path: Path):
     postfix, spamd = mail_system("before-queue", reject_threshold="0.5")
     ham, spam = fixture_mail("train", "ham")[0], fixture_mail("train", "spam")[0]
@@ -154,7 +158,13 @@ def test_before_queue_rejects_spam_at_the_sender(mail_system: Callable[..., Setu
     assert spamd.stop() == 0
     assert sorted(action for _, action in score_log_actions(spamd)) == ["passed", "rejected"]
 
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as down:  # spamd away: the sender keeps it, retries
+        send(postfix.public_port, with_id(ham, "bq-down"))
+    assert down.value.recipients[MAILBOX][0] == 451
 
+
+@pytest.mark.slow
+@needs_postfix
 def test_after_queue_keeps_mail_while_spamd_is_down(mail_system: Callable[..., Setup]):
     postfix, spamd = mail_system("after-queue")
     spamd.stop()
@@ -177,3 +187,22 @@ def test_after_queue_keeps_mail_while_spamd_is_down(mail_system: Callable[..., S
     assert postfix.queue() == []
     assert spamd.stop() == 0
     assert [action for _, action in score_log_actions(spamd)] == ["passed"]
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(DEPLOY.parent)) for p in DEPLOY.parent.rglob("*")
+                                        if p.is_file()))
+def test_the_guide_quotes_each_deploy_file_whole(path: str):
+    """docs/operators.md shows the configuration these tests run, not a copy that drifts."""
+    text = (DEPLOY.parent / path).read_text()
+    if path.endswith("spamd-report-ham"):  # the guide says: the spam script with `ham`
+        text = text.replace("ham", "spam")
+    assert text.rstrip("\n") in GUIDE.read_text(), f"update {path} in {GUIDE.name}"
+
+
+def test_the_production_config_loads_and_matches_the_postfix_snippets():
+    cfg = load_config(DEPLOY.parent / "spamd.toml")
+    assert cfg.smtp.listen == "127.0.0.1:10025"  # content_filter / smtpd_proxy_filter in deploy/postfix/
+    assert cfg.delivery.url == "smtp://127.0.0.1:10026"  # the reinjection service in deploy/postfix/
+    for mode in ("after-queue", "before-queue"):
+        assert "127.0.0.1]:10025" in snippet(mode, "main.cf") or "=127.0.0.1:10025" in snippet(mode, "master.cf")
+        assert "\n127.0.0.1:10026 inet" in snippet(mode, "master.cf")

@@ -79,7 +79,7 @@ class Scorer:
     def _score(self, batch: Sequence[Sequence[int]], full_ids: Callable[[int], Sequence[int]]) -> list[Verdict]:
         if not batch:
             return []
-        cnn, rnn = self.models.cnn, self.models.rnn
+        cnn = self.models.cnn
         cnn_logits = cnn(pad(batch, cnn.cfg.window)).tolist()
         band, window = self.policy.uncertain_band, cnn.cfg.window
         ask = [
@@ -87,11 +87,21 @@ class Scorer:
             for i, (ids, z) in enumerate(zip(batch, cnn_logits, strict=False))
             if consult_rnn(self.policy.rnn_rule, sigmoid(z), len(ids), window, band)
         ]
-        rnn_logits: dict[int, float] = {}
-        if ask:
-            out = rnn(pad([full_ids(i) for i in ask], rnn.cfg.window)).tolist()
-            rnn_logits = dict(zip(ask, out, strict=False))
+        rnn_logits = self._rnn_logits({i: full_ids(i) for i in ask})
         return [self._verdict(z, rnn_logits.get(i)) for i, z in enumerate(cnn_logits)]
+
+    def _rnn_logits(self, asked: dict[int, Sequence[int]]) -> dict[int, float]:
+        """RNN logits, batching only messages of equal length: the GRU reads padding, so a
+        score must never depend on a batch-mate's length."""
+        rnn = self.models.rnn
+        by_length: dict[int, list[int]] = {}
+        for i, ids in asked.items():
+            by_length.setdefault(min(len(ids), rnn.cfg.window), []).append(i)
+        out: dict[int, float] = {}
+        for group in by_length.values():
+            logits = rnn(pad([asked[i] for i in group], rnn.cfg.window)).tolist()
+            out.update(zip(group, logits, strict=True))
+        return out
 
     def _verdict(self, cnn_logit: float, rnn_logit: float | None) -> Verdict:
         cnn_score = sigmoid(cnn_logit)

@@ -22,6 +22,27 @@ class Connections:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.live: set[SpamdSMTP] = set()
+        self.answering: set[SpamdSMTP] = set()  # inside DATA, until its reply is written
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    def begin(self, proto: SpamdSMTP) -> None:
+        self.answering.add(proto)
+        self._quiet.clear()
+
+    def end(self, proto: SpamdSMTP) -> None:
+        self.answering.discard(proto)
+        if not self.answering:
+            self._quiet.set()
+
+    async def all_closed(self) -> None:
+        """Wait until every client has gone."""
+        while self.live:
+            await asyncio.sleep(0.02)
+
+    async def quiet(self) -> None:
+        """Wait until no DATA is between its first byte and its reply being written."""
+        await self._quiet.wait()
 
     def close_all(self, reply: str) -> None:
         for proto in list(self.live):
@@ -56,6 +77,15 @@ class SpamdSMTP(SMTP):
         if self.session is not None:
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # The handler's transaction ends before aiosmtpd writes its reply; a drain must wait
+        # for the reply too, or the 421 it sends on closing would reach the client first.
+        self.connections.begin(self)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.connections.end(self)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552 Error:"):

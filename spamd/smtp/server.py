@@ -30,6 +30,7 @@ from spamd.smtp.handler import ProxyHandler
 from spamd.smtp.protocol import Connections, SpamdSMTP
 
 log = logging.getLogger("spamd.smtp")
+QUIT_GRACE = 1.0  # seconds a drained daemon waits for clients to QUIT before it answers 421
 
 
 def load_models(cfg: Config) -> ModelSet | None:
@@ -106,12 +107,22 @@ class Daemon:
         self.server.close()
         self.handler.draining = True
         try:
-            await asyncio.wait_for(self.handler.drained(), self.cfg.smtp.drain_timeout)
+            await asyncio.wait_for(self._drained(), self.cfg.smtp.drain_timeout)
         except TimeoutError:
             log.warning("drain timeout: closing connections with transactions still open")
+        try:
+            # Clients that just heard their reply usually QUIT at once: let them hear 221.
+            await asyncio.wait_for(self.connections.all_closed(), QUIT_GRACE)
+        except TimeoutError:
+            pass
         self.connections.close_all(replies.SHUTTING_DOWN)
         await self.batcher.close()
         await self.downstream.close()
+
+    async def _drained(self) -> None:
+        """No transaction open and every DATA answered (new ones are refused meanwhile)."""
+        await self.handler.drained()
+        await self.connections.quiet()
 
     async def reload(self, cfg: Config) -> None:
         """New scoring settings and models; [smtp] and [delivery] changes need a restart."""

@@ -229,6 +229,11 @@ def start_spamd(tmp: Path, models_dir: Path, sink_port: int, workers: int, scori
     return proc, port
 
 
+def scoring_extra(args: argparse.Namespace) -> str:
+    """[scoring] lines the run overrides (none: the config's defaults)."""
+    return f"batch_max = {args.batch_max}" if args.batch_max else ""
+
+
 def tree(pid: int) -> list[int]:
     """A process and its children (the daemon's workers)."""
     pids = [pid]
@@ -281,7 +286,7 @@ def peak_with_cpu(port: int, msgs: list[bytes], clients: int, seconds: float, da
 def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namespace, sink: tuple[int, int],
                workers: int, scoring: bool) -> dict[str, object]:
     sink_port, sink_pid = sink
-    proc, port = start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool)
+    proc, port = start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool, scoring_extra(args))
     try:
         before = sink_count(sink_port)
         warm = asyncio.run(closed_loop(port, msgs, args.clients, 2))  # warm-up: pools, caches, SQLite
@@ -306,7 +311,7 @@ def postfix_tools(tmp: Path, models_dir: Path, workers: int, scoring: bool, args
     sink = subprocess.Popen(["smtp-sink", "-u", "root", "-m", "1000", f"127.0.0.1:{sink_port}", "1024"])
     try:
         wait_smtp(sink_port, sink)
-        proc, port = start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool)
+        proc, port = start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool, scoring_extra(args))
         try:
             started = time.perf_counter()
             out = subprocess.run(["smtp-source", "-d", "-s", str(args.clients), "-m", str(messages), "-l", "5000",
@@ -328,6 +333,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--pool", type=int, default=8, help="[delivery] pool_size")
+    ap.add_argument("--batch-max", type=int, default=None, help="[scoring] batch_max (default: the config's)")
     ap.add_argument("--models", default="models", help="models directory (its ACTIVE version is used)")
     ap.add_argument("--json", default="bench/out/load.json")
     args = ap.parse_args()

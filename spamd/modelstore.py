@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,15 @@ def build(cnn_cfg: CNNConfig, rnn_cfg: RNNConfig) -> tuple[TextCNN, TextRNN]:
     return TextCNN(cnn_cfg), TextRNN(rnn_cfg)
 
 
-def save(models_dir: Path, models: ModelSet) -> Path:
-    """Write a version directory atomically (fp16 weights) and return its path."""
+def save(models_dir: Path, models: ModelSet, *, new: bool = False) -> Path:
+    """Write a version directory atomically (fp16 weights) and return its path.
+
+    `new`: the models were just trained, so if another version already took their
+    timestamped name (two trainings finishing in the same second), a suffix makes it unique.
+    """
     models_dir.mkdir(parents=True, exist_ok=True)
+    if new:
+        models.manifest = replace(models.manifest, version=_free_name(models_dir, models.version))
     final = models_dir / models.version
     if final.exists():
         raise ModelError(f"model version {models.version} already exists in {models_dir}")
@@ -111,6 +117,14 @@ def save(models_dir: Path, models: ModelSet) -> Path:
         raise
     models.manifest = manifest
     return final
+
+
+def _free_name(models_dir: Path, version: str) -> str:
+    name, n = version, 1
+    while (models_dir / name).exists():
+        n += 1
+        name = f"{version}-{n}"
+    return name
 
 
 def read_manifest(models_dir: Path, version: str) -> Manifest:

@@ -191,3 +191,12 @@ def test_scoring_raw_bytes_equals_scoring_complete_token_ids(tiny_trained: Train
     from_ids = scorer.score_ids([encode(raw, models) for raw in raws])
     assert any(v.rnn is not None for v in from_ids), "the fixtures must include messages longer than the window"
     assert scorer.score(raws) == from_ids
+
+
+def test_a_new_version_never_takes_an_existing_name(models_dir: Path, tiny_trained: TrainedTiny) -> None:
+    """Two trainings finishing in the same second get distinct versions; nothing is overwritten."""
+    twin = modelstore.load(models_dir, tiny_trained.version)  # same timestamped name as one on disk
+    path = modelstore.save(models_dir, twin, new=True)
+    assert path.name == f"{tiny_trained.version}-2" == twin.version
+    assert modelstore.load(models_dir, twin.version).manifest.version == twin.version
+    assert modelstore.load(models_dir, tiny_trained.version)  # the first is untouched

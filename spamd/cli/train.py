@@ -51,7 +51,7 @@ def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], par
     bar = Bar(disable=not sys.stderr.isatty())
     models = train(samples, tcfg, parent=parent_models, progress=bar)
     bar.close()
-    path = modelstore.save(cfg.models_dir, models)
+    path = modelstore.save(cfg.models_dir, models, new=True)
     if activate:
         modelstore.set_active(cfg.models_dir, models.version)
     click.echo(json.dumps({"version": models.version, "path": str(path), "activated": activate,

@@ -16,8 +16,6 @@ from itertools import islice
 
 from spamd.mail.parse import ParsedMail
 
-PAD_ID = 0
-
 _WORD = re.compile(r"[^\W_]{1,40}(?:['.\-$][^\W_]{1,40})*|[$€£!%]", re.UNICODE)
 _DIGITS = re.compile(r"\d")
 

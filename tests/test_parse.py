@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -9,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
-from spamd.mail.headers import fingerprint, prepend_headers, strip_spam_headers
-from spamd.mail.parse import parse
+from spamd.mail.headers import fingerprint, prepend_headers, split_header_block, strip_spam_headers
+from spamd.mail.parse import MAX_LINK_DOMAINS, parse
 
 DATA = Path(__file__).parent / "data"
 
@@ -59,6 +60,33 @@ def test_token_ids_are_stable_and_bounded() -> None:
     assert all(1 <= i < 1000 for i in ids)
     long_plain = b"Subject: long\r\n\r\n" + b"word " * 5000
     assert len(token_ids(parse(long_plain), TokenizerConfig(max_tokens=300))) == 300
+
+
+def test_body_is_read_only_as_far_as_needed_and_exactly() -> None:
+    # A long body is read by prefix: the words kept must be the very first ones, even when a
+    # word straddles the prefix's end, and no text must be dropped when words are long.
+    body = " ".join(f"w{i:05d}" + "x" * (i % 31) for i in range(3000))
+    mail = parse(b"Subject: s\r\n\r\n" + body.encode())
+    for limit in (1, 17, 400, 2000):
+        toks = tokens(mail, TokenizerConfig(max_tokens=limit + 200))
+        words = toks[toks.index("<body>") + 1 :]
+        assert words == [w.lower() for w in body.split()[: len(words)]]
+
+
+def test_every_link_is_counted_but_only_the_first_domains_are_read() -> None:
+    links = "".join(f"<a href='http://h{i}.example/x'>l</a>" for i in range(300))
+    mail = parse(b"Content-Type: text/html\r\n\r\n<html>" + links.encode() + b"</html>")
+    assert mail.links == 300 and mail.link_domains[:2] == ("h0.example", "h1.example")
+    assert len(mail.link_domains) == MAX_LINK_DOMAINS
+    assert f"links:{(300).bit_length()}" in tokens(mail, TokenizerConfig())
+
+
+def test_a_subject_longer_than_the_token_budget_still_tokenizes() -> None:
+    # The CNN reads ~400 tokens; a 1 kB subject of short words once left the body a negative
+    # budget, and the message failed to score (X-Spam-Status: Unknown): an easy way past spamd.
+    raw = b"Subject: " + b" ".join(b"w%d" % i for i in range(300)) + b"\r\n\r\nbody\r\n"
+    toks = tokens(parse(raw), TokenizerConfig(max_tokens=100))
+    assert len(toks) == 100 and toks[-1].startswith("subj:")
 
 
 def test_strip_and_prepend_keep_the_original_bytes() -> None:
@@ -112,3 +140,15 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
                 max_size=80))
 def test_mime_shaped_junk_never_raises(chunks: list[bytes]) -> None:
     token_ids(parse(b"".join(chunks)), TokenizerConfig())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="a:\r\n \t", max_size=40).map(str.encode))
+def test_header_block_ends_at_the_first_empty_line_crlf_or_lf(raw: bytes) -> None:
+    block, rest = split_header_block(raw)
+    assert block + rest == raw
+    m = re.search(rb"\r?\n\r?\n", raw)  # the definition: an empty line, CRLF and LF mixed
+    if m is None:
+        assert rest == b""
+    else:
+        assert block == raw[: m.start() + (2 if raw[m.start()] == 13 else 1)]

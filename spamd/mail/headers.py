@@ -9,17 +9,19 @@ from __future__ import annotations
 import hashlib
 import re
 
-# A header block ends at the first empty line; mail in the wild mixes CRLF and LF.
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _SPAM_HEADER = re.compile(rb"x-spam-", re.IGNORECASE)
 
 
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
-    """Return (header block including its last line break, rest including the empty line)."""
-    m = _HEADER_END.search(raw)
-    if m is None:
+    """Return (header block including its last line break, rest including the empty line).
+
+    The block ends at the first empty line; mail in the wild mixes CRLF and LF, so that is
+    the first LF followed by LF or CRLF. (Two `find`s: a regex here costs more per message.)
+    """
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    if not ends:
         return raw, b""
-    cut = m.start() + (2 if raw[m.start() : m.start() + 2] == b"\r\n" else 1)
+    cut = min(ends) + 1
     return raw[:cut], raw[cut:]
 
 

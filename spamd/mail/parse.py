@@ -23,10 +23,13 @@ MAX_PARSE_BYTES = 512 * 1024
 MAX_FIELD_BYTES = 1024
 MAX_PART_CHARS = 64 * 1024
 MAX_PARTS = 64
+MAX_LINK_DOMAINS = 64  # link targets whose domain is read (all of them are counted)
 
 _URL = re.compile(r"(?:https?://|www\.)([\w.-]{1,200})", re.IGNORECASE)
 _CHARSET = re.compile(r"""charset\s*=\s*"?([\w.:-]{1,40})""", re.IGNORECASE)
 _ADDR_DOMAIN = re.compile(r"@([\w.-]+)")
+_URL_SCHEME = re.compile(r"^(?:https?://|www\.)", re.IGNORECASE)
+_URL_PATH = re.compile(r"[/?#:]")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class ParsedMail:
     message_id: str
     text: str  # text/plain parts, decoded
     html_text: str  # text/html parts, tags stripped
-    link_domains: tuple[str, ...]
+    link_domains: tuple[str, ...]  # of the first MAX_LINK_DOMAINS links
+    links: int  # how many links the message has
     content_types: tuple[str, ...]
     charsets: tuple[str, ...]
     attachments: int
@@ -94,7 +98,8 @@ def parse(raw: bytes) -> ParsedMail:
         message_id=_get(headers, "message-id").strip(),
         text=text,
         html_text=html_text,
-        link_domains=tuple(_link_domain(u) for u in links),
+        link_domains=tuple(_link_domain(u) for u in links[:MAX_LINK_DOMAINS]),
+        links=len(links),
         content_types=tuple(ctypes),
         charsets=tuple(charsets),
         attachments=attachments,
@@ -174,6 +179,6 @@ def _split_from(value: str) -> tuple[str, str]:
 
 
 def _link_domain(url: str) -> str:
-    host = re.sub(r"^(?:https?://|www\.)", "", url, flags=re.IGNORECASE)
-    host = re.split(r"[/?#:]", host, maxsplit=1)[0].lower()
+    host = _URL_SCHEME.sub("", url)
+    host = _URL_PATH.split(host, maxsplit=1)[0].lower()
     return host.removeprefix("www.")

@@ -46,3 +46,53 @@ class TextCNN(nn.Module):
             pooled.append(y.amax(dim=2))  # (B, F)
         h = self.drop(torch.cat(pooled, dim=1))  # (B, F * len(widths))
         return self.out(h).squeeze(1)  # (B,)
+
+
+
+class FusedCNN:
+    """A trained TextCNN's forward pass for inference, as matrix products by tap.
+
+    A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. Taking
+    tap k of every filter wide enough to have one gives one (B·T, C) × (C, F·#widths>k)
+    product per k, added at a shift of k positions: five GEMMs on the embeddings instead of
+    four im2col convolutions, which copy each window. Equal to `TextCNN.forward` up to float
+    rounding (tested), and about 15% faster on one CPU thread (bench/speed.py).
+    """
+
+    def __init__(self, cnn: TextCNN) -> None:
+        cfg = cnn.cfg
+        self.cnn, self.cfg = cnn, cfg
+        order = sorted(range(len(cfg.widths)), key=lambda i: cfg.widths[i])  # ascending widths
+        self.widths = [cfg.widths[i] for i in order]
+        self.unsort = torch.tensor([order.index(i) for i in range(len(order))])  # back to config order
+        convs: list[nn.Conv1d] = [cnn.convs[i] for i in order]  # type: ignore[misc]
+        with torch.no_grad():
+            # Tap k exists for the widths w > k: a suffix of the ascending widths.
+            self.taps: list[tuple[int, int, torch.Tensor]] = []  # (k, first filter column, (C, F·n))
+            for k in range(max(cfg.widths)):
+                first = sum(1 for w in self.widths if w <= k)
+                weight = torch.cat([c.weight[:, :, k].t() for c in convs[first:]], dim=1)
+                self.taps.append((k, first * cfg.filters, weight.contiguous()))
+            self.bias = torch.cat([c.bias for c in convs if c.bias is not None])  # (F · len(widths),)
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) int64 → logits (B,), as TextCNN.forward."""
+        cfg = self.cfg
+        ids = fold_ids(ids[:, : cfg.window], cfg.buckets)
+        if ids.shape[1] < max(cfg.widths):
+            ids = nn.functional.pad(ids, (0, max(cfg.widths) - ids.shape[1]))
+        b, t = ids.shape
+        lengths = (ids > 0).sum(dim=1)  # (B,)
+        x = self.cnn.embed(ids)  # (B, T, C)
+        y = x @ self.taps[0][2]  # tap 0 of every width: (B, T, F · len(widths))
+        for k, first, weight in self.taps[1:]:
+            y[:, : t - k, first:] += x[:, k:] @ weight
+        y = (y + self.bias).relu_().view(b, t, len(self.widths), cfg.filters)
+        if bool((lengths == t).all()):
+            # No padding: the windows of width w that end inside the message are t - w + 1.
+            pooled = torch.stack([y[:, : t - w + 1, i].amax(dim=1) for i, w in enumerate(self.widths)], dim=1)
+        else:  # a window is real only if it ends inside its own message, as forward() masks
+            ends = torch.arange(t, device=ids.device)[None, :, None] + torch.tensor(self.widths, device=ids.device)
+            pooled = (y * (ends <= lengths[:, None, None])[..., None]).amax(dim=1)  # (B, widths, F)
+        return self.cnn.out(pooled[:, self.unsort].reshape(b, -1)).squeeze(1)

@@ -1,7 +1,7 @@
 """Deciding: raw messages → Verdicts. The CNN reads every message, the RNN per the rule.
 
 This module only decides. Adding headers, forwarding, rejecting and logging are the
-proxy's business. `Scorer` is not thread-safe; give each worker its own.
+proxy's business.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -17,6 +18,7 @@ from spamd.errors import ScoringError
 from spamd.features import token_ids
 from spamd.mail.parse import parse
 from spamd.modelstore import ModelSet
+from spamd.nets.cnn import FusedCNN
 
 
 @dataclass(frozen=True)
@@ -57,51 +59,77 @@ def pad(batch: Sequence[Sequence[int]], length: int) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class RnnPending:
+    """A message the CNN has read whose verdict waits for the RNN (see `Scorer.read`)."""
+
+    cnn_logit: float
+    ids: Callable[[], Sequence[int]]  # its complete token ids, read only when the RNN runs
+
+
 class Scorer:
+    """Scores in two passes, so that a caller can keep the slow one off other messages' path:
+    `read` parses every message and runs the CNN; `consult` runs the RNN for the few that
+    asked for it. `score` is both. A scorer holds nothing mutable: `read` and `consult` may
+    run on two threads at once (each one on a single thread, as torch's thread pool is set).
+    """
+
     def __init__(self, models: ModelSet, policy: ScoringPolicy | None = None) -> None:
         self.models = models
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
+        self.cnn = FusedCNN(models.cnn)
 
     def score(self, raws: Sequence[bytes]) -> list[Verdict]:
+        return self.resolve(self.read(raws))
+
+    def score_ids(self, batch: Sequence[Sequence[int]]) -> list[Verdict]:
+        """Score messages already turned into (complete) token ids."""
+        return self.resolve(self._first_pass(batch, lambda i: batch[i]))
+
+    def read(self, raws: Sequence[bytes]) -> list[Verdict | RnnPending]:
+        """Parse and run the CNN: a verdict for each message, or what the RNN must add to it."""
         mails = [parse(raw) for raw in raws]
         tok = self.models.tokenizer
         # The CNN reads only the first `window` tokens: tokenize that far (one more tells a
         # long message), and read the rest only for the messages the RNN is asked about.
         head = replace(tok, max_tokens=min(tok.max_tokens, self.models.cnn.cfg.window + 1))
-        return self._score([token_ids(m, head) for m in mails], lambda i: token_ids(mails[i], tok))
+        return self._first_pass([token_ids(m, head) for m in mails], lambda i: token_ids(mails[i], tok))
 
-    def score_ids(self, batch: Sequence[Sequence[int]]) -> list[Verdict]:
-        """Score messages already turned into (complete) token ids."""
-        return self._score(batch, lambda i: batch[i])
+    def consult(self, pending: Sequence[RnnPending]) -> list[Verdict]:
+        """Run the RNN for messages `read` left pending, and combine its score with the CNN's."""
+        rnn_logits = self._rnn_logits({i: p.ids() for i, p in enumerate(pending)})
+        return [self._verdict(p.cnn_logit, rnn_logits[i]) for i, p in enumerate(pending)]
+
+    def resolve(self, first: Sequence[Verdict | RnnPending]) -> list[Verdict]:
+        """`read`'s results with the pending ones consulted: one verdict per message."""
+        consulted = iter(self.consult([p for p in first if isinstance(p, RnnPending)]))
+        return [next(consulted) if isinstance(p, RnnPending) else p for p in first]
 
     @torch.inference_mode()
-    def _score(self, batch: Sequence[Sequence[int]], full_ids: Callable[[int], Sequence[int]]) -> list[Verdict]:
+    def _first_pass(self, batch: Sequence[Sequence[int]],
+                    full_ids: Callable[[int], Sequence[int]]) -> list[Verdict | RnnPending]:
         if not batch:
             return []
-        cnn = self.models.cnn
-        cnn_logits = cnn(pad(batch, cnn.cfg.window)).tolist()
-        band, window = self.policy.uncertain_band, cnn.cfg.window
-        ask = [
-            i
-            for i, (ids, z) in enumerate(zip(batch, cnn_logits, strict=False))
-            if consult_rnn(self.policy.rnn_rule, sigmoid(z), len(ids), window, band)
+        window = self.models.cnn.cfg.window
+        cnn_logits = self.cnn(pad(batch, window)).tolist()
+        rule, band = self.policy.rnn_rule, self.policy.uncertain_band
+        return [
+            RnnPending(z, partial(full_ids, i)) if consult_rnn(rule, sigmoid(z), len(ids), window, band)
+            else self._verdict(z, None)
+            for i, (ids, z) in enumerate(zip(batch, cnn_logits, strict=True))
         ]
-        rnn_logits = self._rnn_logits({i: full_ids(i) for i in ask})
-        return [self._verdict(z, rnn_logits.get(i)) for i, z in enumerate(cnn_logits)]
 
+    @torch.inference_mode()
     def _rnn_logits(self, asked: dict[int, Sequence[int]]) -> dict[int, float]:
-        """RNN logits, batching only messages of equal length: the GRU reads padding, so a
-        score must never depend on a batch-mate's length."""
+        """RNN logits in one packed pass: each message is read to its own end, so a score
+        never depends on its batch-mates, and a burst of long messages shares the GRU's steps."""
+        if not asked:
+            return {}
         rnn = self.models.rnn
-        by_length: dict[int, list[int]] = {}
-        for i, ids in asked.items():
-            by_length.setdefault(min(len(ids), rnn.cfg.window), []).append(i)
-        out: dict[int, float] = {}
-        for group in by_length.values():
-            logits = rnn(pad([asked[i] for i in group], rnn.cfg.window)).tolist()
-            out.update(zip(group, logits, strict=True))
-        return out
+        keys = list(asked)
+        logits = rnn(pad([asked[i] for i in keys], rnn.cfg.window), packed=True).tolist()
+        return dict(zip(keys, logits, strict=True))
 
     def _verdict(self, cnn_logit: float, rnn_logit: float | None) -> Verdict:
         cnn_score = sigmoid(cnn_logit)

@@ -12,7 +12,7 @@ import torch
 from spamd import metrics, modelstore
 from spamd.combine import Combiner, consult_rnn, fit_combiner
 from spamd.errors import ModelIntegrityError, ModelNotFound, ScoringError, TrainingError
-from spamd.nets.cnn import CNNConfig, TextCNN
+from spamd.nets.cnn import CNNConfig, FusedCNN, TextCNN
 from spamd.nets.rnn import RNNConfig, TextRNN
 from spamd.scorer import Scorer, ScoringPolicy, encode
 from spamd.train import Sample, split, train
@@ -36,6 +36,20 @@ def test_rnn_reads_past_the_cnn_window() -> None:
     b[0, 50:] = 7  # differs only beyond the CNN's window
     assert torch.equal(cnn(a), cnn(b))
     assert not torch.equal(rnn(a), rnn(b))
+
+
+@pytest.mark.parametrize("widths", [(1, 2, 3, 5), (3, 1, 5), (2,)])
+def test_fused_cnn_computes_what_the_cnn_computes(widths: tuple[int, ...]) -> None:
+    # The scorer's CNN pass (matrix products by tap) must equal TextCNN.forward, which training
+    # uses: on full rows, padded rows, rows shorter than the widest filter, an all-padding row.
+    torch.manual_seed(0)
+    cnn = TextCNN(CNNConfig(buckets=256, embed_dim=6, widths=widths, filters=5, window=40)).eval()
+    ids = torch.randint(1, 10_000, (6, 50))
+    ids[1, 30:], ids[2, 3:], ids[3, 1:], ids[4, :] = 0, 0, 0, 0
+    fused = FusedCNN(cnn)
+    with torch.no_grad():
+        for batch in (ids, ids[:1], ids[2:3], ids[:, :2]):
+            assert torch.allclose(fused(batch), cnn(batch), atol=1e-5)
 
 
 def test_tiny_model_scores_fixture_spam_above_fixture_ham(tiny_trained: TrainedTiny) -> None:

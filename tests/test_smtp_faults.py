@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import smtplib
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from spamd.scorer import Verdict
+from spamd.scorer import RnnPending, Scorer, ScoringPolicy, Verdict
 from spamd.smtp import replies
 from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.fixtures_smtp import proxy_config, send
@@ -20,14 +21,29 @@ HAM = b"Subject: lunch\r\nFrom: Carol <carol@example.org>\r\nMessage-ID: <m1@exa
 class RaisingScorer:
     """A model that crashes: the one fake here, because a crash cannot be made real on demand."""
 
-    def score(self, raws: Sequence[bytes]) -> list[Verdict]:
+    def read(self, raws: Sequence[bytes]) -> list[Verdict]:
         raise RuntimeError("model exploded")
 
 
 class SlowScorer:
-    def score(self, raws: Sequence[bytes]) -> list[Verdict]:
+    def read(self, raws: Sequence[bytes]) -> list[Verdict]:
         time.sleep(1.0)
         raise AssertionError("should have timed out first")
+
+
+class RaisingRnn(Scorer):
+    """Real models whose RNN pass crashes (the CNN pass is real)."""
+
+    def consult(self, pending: Sequence[RnnPending]) -> list[Verdict]:
+        raise RuntimeError("GRU exploded")
+
+
+class SlowRnn(Scorer):
+    """Real models whose RNN pass takes a second (as a GRU over a long message can take 35 ms)."""
+
+    def consult(self, pending: Sequence[RnnPending]) -> list[Verdict]:
+        time.sleep(1.0)
+        return super().consult(pending)
 
 
 def test_downstream_down_gives_451_then_the_retry_is_delivered_once(tiny_trained: TrainedTiny, tmp_path: Path,
@@ -148,6 +164,40 @@ def test_a_model_that_raises_gives_451_when_configured(tiny_trained: TrainedTiny
         send(p.port, HAM)
     assert err.value.smtp_code == 451
     assert down.messages == [] and p.sink.rows[0].action == "tempfailed"
+
+
+def test_an_rnn_that_raises_passes_mail_as_unknown(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer",
+                          RaisingRnn(p.daemon.batcher.scorer.models, ScoringPolicy(rnn_rule="always"))))
+    send(p.port, HAM)
+    assert down.wait_for(1)[0].content.startswith(b"X-Spam-Status: Unknown\r\n")
+    [row] = p.sink.rows
+    assert (row.verdict, row.action) == ("unknown", "failed-open") and "GRU exploded" in row.error
+
+
+def test_a_slow_rnn_pass_delays_only_the_message_it_reads(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # rnn_rule = long: only the long message goes to the RNN; the short ones sent while the
+    # GRU works on it are answered at once, and the long one still gets its combined verdict.
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer",
+                          SlowRnn(p.daemon.batcher.scorer.models, ScoringPolicy(rnn_rule="long"))))
+    long_mail = HAM.replace(b"Noon?", b"lunch at noon " * 400)
+    done: dict[str, float] = {}
+    started = time.monotonic()
+    slow = threading.Thread(target=lambda: (send(p.port, long_mail), done.setdefault("long", time.monotonic())))
+    slow.start()
+    time.sleep(0.2)
+    for _ in range(3):
+        send(p.port, HAM)
+    done["short"] = time.monotonic()
+    slow.join(10)
+    assert done["short"] - started < 0.8 < done["long"] - started
+    rows = {row.size: row for row in p.sink.rows}
+    assert rows[len(long_mail)].rnn_score is not None and rows[len(HAM)].rnn_score is None
+    assert len(down.wait_for(4)) == 4
 
 
 def test_scoring_timeout_fails_open(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):

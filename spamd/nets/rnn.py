@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from spamd.nets import fold_ids
 
@@ -37,17 +38,24 @@ class TextRNN(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(2 * dirs * cfg.hidden, 1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64, right-padded with 0 → logits (B,)."""
+    def forward(self, ids: torch.Tensor, packed: bool = False) -> torch.Tensor:
+        """ids (B, T) int64, right-padded with 0 → logits (B,).
+
+        `packed`: each message is read to its own end, so its logit does not depend on its
+        batch-mates' lengths, as scoring needs. Training leaves it off: on a CPU a packed GRU
+        trains several times slower, and the backward direction then reads a batch's padding
+        first (training batches messages of similar length)."""
         ids = fold_ids(ids[:, : self.cfg.window], self.cfg.buckets)
         s = self.cfg.stride
         ids = nn.functional.pad(ids, (0, -ids.shape[1] % s))  # T a multiple of the stride
         steps = ((ids > 0).sum(dim=1) + s - 1).div(s, rounding_mode="floor").clamp(min=1)  # (B,)
         x = self.embed(ids).transpose(1, 2)  # (B, C, T)
         x = self.fold(x).relu().transpose(1, 2)  # (B, T/s, H)
-        # Not packed: on a CPU a packed GRU trains several times slower. The backward direction
-        # therefore reads a batch's padding first; the scorer batches only equal lengths.
-        h, _ = self.gru(x)  # (B, T/s, H*dirs)
+        if packed:
+            seq = pack_padded_sequence(x, steps.cpu(), batch_first=True, enforce_sorted=False)
+            h = pad_packed_sequence(self.gru(seq)[0], batch_first=True, total_length=x.shape[1])[0]
+        else:
+            h, _ = self.gru(x)  # (B, T/s, H*dirs)
         mask = (torch.arange(h.shape[1], device=ids.device)[None, :] < steps[:, None])[..., None]
         mean = (h * mask).sum(dim=1) / steps[:, None]  # (B, H*dirs)
         peak = h.masked_fill(~mask, -1e4).amax(dim=1)  # (B, H*dirs)

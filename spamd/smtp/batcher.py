@@ -1,8 +1,11 @@
 """Micro-batching: messages arriving together are scored in one forward pass, off the event loop.
 
 The first message of a batch waits at most `wait_s` for others (none when `max_batch` are
-already queued); while a batch is being scored, the next one gathers. Parsing and the
-forward passes run in one executor thread, because a `Scorer` is not thread-safe.
+already queued); while a batch is being scored, the next one gathers. Scoring runs in two
+threads: the scoring thread parses each batch and runs the CNN, and answers every message
+the CNN is sure about; the few it is unsure of go on to the RNN thread. A GRU pass over a
+long message takes tens of milliseconds; in its own thread it delays only the message it
+reads, not the batches behind it (torch releases the GIL while it computes).
 """
 
 from __future__ import annotations
@@ -14,33 +17,37 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from spamd.errors import ScoringError
-from spamd.scorer import Scorer, Verdict
+from spamd.scorer import RnnPending, Scorer, Verdict
 
 log = logging.getLogger("spamd.score")
 T = TypeVar("T")
+U = TypeVar("U")
+Waiting = tuple[Scorer, RnnPending, "asyncio.Future[Verdict]"]  # the scorer that read it, for its models
 
 
-def score_batch(scorer: Scorer | None, raws: list[bytes]) -> list[Verdict | ScoringError]:
-    """Score a batch; if the batch fails, score each alone so one bad message fails only itself."""
-    if scorer is None:
-        return [ScoringError("no model loaded") for _ in raws]
+def isolate(fn: Callable[[list[T]], list[U]], items: list[T]) -> list[U | ScoringError]:
+    """`fn` over a batch; if the batch fails, over each item alone, so one bad message fails only itself."""
     try:
-        return list(scorer.score(raws))
+        return list(fn(items))
     except Exception as exc:  # noqa: BLE001 - any model failure must become a verdict of "unknown"
-        if len(raws) == 1:
+        if len(items) == 1:
             return [ScoringError(f"{type(exc).__name__}: {exc}")]
-    return [score_batch(scorer, [raw])[0] for raw in raws]
+    return [isolate(fn, [item])[0] for item in items]
 
 
 class Batcher:
     def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.002) -> None:
         self.scorer = scorer  # swapped by reload(); a running batch keeps the one it started with
         self.max_batch, self.wait_s = max(1, max_batch), wait_s
-        self.batches = self.scored = 0  # counters, for tests and benchmarks
+        self.batches = self.scored = self.consulted = 0  # counters, for tests and benchmarks
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
-        self._wake = asyncio.Event()
+        self._waiting: list[Waiting] = []  # read by the CNN, waiting for the RNN
+        self._wake, self._wake_rnn = asyncio.Event(), asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spamd-score")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="spamd-batcher")
+        self._rnn_executor = ThreadPoolExecutor(1, thread_name_prefix="spamd-rnn")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name="spamd-batcher"),
+                       loop.create_task(self._run_rnn(), name="spamd-rnn")]
 
     async def score(self, raw: bytes) -> Verdict:
         """The verdict for one message; raises ScoringError if it cannot be scored."""
@@ -61,27 +68,60 @@ class Batcher:
                 await asyncio.sleep(self.wait_s)
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                await self._score(batch)
+                await self._read(batch)
 
-    async def _score(self, batch: list[tuple[bytes, asyncio.Future[Verdict]]]) -> None:
+    async def _read(self, batch: list[tuple[bytes, asyncio.Future[Verdict]]]) -> None:
         live = [(raw, fut) for raw, fut in batch if not fut.done()]  # skip messages that timed out
         if not live:
             return
-        results = await self.run_blocking(score_batch, self.scorer, [raw for raw, _ in live])
+        scorer = self.scorer
+        if scorer is None:
+            results: list[Verdict | RnnPending | ScoringError] = [ScoringError("no model loaded") for _ in live]
+        else:
+            results = list(await self.run_blocking(isolate, scorer.read, [raw for raw, _ in live]))
         self.batches, self.scored = self.batches + 1, self.scored + len(live)
         log.debug("scored a batch of %d", len(live))
         for (_, fut), result in zip(live, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, ScoringError):
-                fut.set_exception(result)
+            if isinstance(result, RnnPending):
+                assert scorer is not None
+                self._waiting.append((scorer, result, fut))
+                self._wake_rnn.set()
             else:
-                fut.set_result(result)
+                _settle(fut, result)
+
+    async def _run_rnn(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake_rnn.wait()
+            self._wake_rnn.clear()
+            while self._waiting:
+                scorer = self._waiting[0][0]  # after a reload, each scorer consults its own messages
+                mine = [w for w in self._waiting if w[0] is scorer and not w[2].done()]
+                self._waiting = [w for w in self._waiting if w[0] is not scorer]
+                if not mine:
+                    continue
+                results = await loop.run_in_executor(self._rnn_executor, isolate, scorer.consult,
+                                                     [pending for _, pending, _ in mine])
+                self.consulted += len(mine)
+                for (_, _, fut), result in zip(mine, results, strict=True):
+                    _settle(fut, result)
 
     async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._rnn_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(fut: asyncio.Future[Verdict], result: Verdict | ScoringError) -> None:
+    if fut.done():  # timed out meanwhile: its message went on without a verdict
+        return
+    if isinstance(result, ScoringError):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)

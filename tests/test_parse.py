@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import email
 import re
 import time
+from email import policy
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
 from spamd.mail.headers import fingerprint, prepend_headers, split_header_block, strip_spam_headers
-from spamd.mail.parse import MAX_LINK_DOMAINS, parse
+from spamd.mail.parse import MAX_LINK_DOMAINS, _message, parse
 
 DATA = Path(__file__).parent / "data"
 
@@ -152,3 +155,35 @@ def test_header_block_ends_at_the_first_empty_line_crlf_or_lf(raw: bytes) -> Non
         assert rest == b""
     else:
         assert block == raw[: m.start() + (2 if raw[m.start()] == 13 else 1)]
+
+
+def _same_tree(raw: bytes) -> None:
+    fast, slow = _message(raw), email.message_from_bytes(raw, policy=policy.compat32)
+    assert fast.items() == slow.items()
+    assert [type(d) for d in fast.defects] == [type(d) for d in slow.defects]
+    assert [p.get_content_type() for p in fast.walk()] == [p.get_content_type() for p in slow.walk()]
+    assert [p.get_payload(decode=True) for p in fast.walk()] == [p.get_payload(decode=True) for p in slow.walk()]
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n",
+    b"Subject: a\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n"
+    b"\n<p>caf=C3=A9</p>\n",
+    b"Subject: a\r\nnot a header line\r\nX-B: b\r\n\r\nbody\r\n",  # a body line inside the header block
+    b"Subject: a\r\n\tfolded\r\n\r\n\r\nbody after an extra empty line \xff\xfe\r\n.\r\n",
+    b"Subject: only headers\r\n",
+    b"\r\nno headers at all\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n",
+    MULTIPART,
+])
+def test_large_single_part_shortcut_builds_the_stdlib_tree(raw: bytes) -> None:
+    _same_tree(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"Subject: s", b"X-A: \xe9", b" cont", b"junk line", b"", b"body =41",
+                                 b"Content-Type: text/plain", b"Content-Transfer-Encoding: quoted-printable",
+                                 b"Content-Type: multipart/mixed; boundary=b", b"--b"]), max_size=12),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_any_line_mix_parses_to_the_stdlib_tree(lines: list[bytes], eol: bytes) -> None:
+    _same_tree(eol.join(lines) + eol)

@@ -56,7 +56,8 @@ class FusedCNN:
     tap k of every filter wide enough to have one gives one (B·T, C) × (C, F·#widths>k)
     product per k, added at a shift of k positions: five GEMMs on the embeddings instead of
     four im2col convolutions, which copy each window. Equal to `TextCNN.forward` up to float
-    rounding (tested), and about 15% faster on one CPU thread (bench/speed.py).
+    rounding (tested). On the 1,201 test messages, one CPU thread: 0.45–0.47 ms per message
+    against 0.55–0.61 ms for `forward`, in batches of 1 to 32.
     """
 
     def __init__(self, cnn: TextCNN) -> None:
@@ -77,7 +78,15 @@ class FusedCNN:
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64 → logits (B,), as TextCNN.forward."""
+        """ids (B, T) int64, right-padded with 0 → logits (B,), as TextCNN.forward.
+
+        Row by row, each cut to its own length: a batch padded to its longest message spends
+        most of its work on padding and on masking it (measured: 0.84 ms per message in
+        batches of 32 against 0.45 ms one by one)."""
+        lengths = (ids[:, : self.cfg.window] > 0).sum(dim=1).tolist()
+        return torch.cat([self._row(ids[i : i + 1, : max(n, 1)]) for i, n in enumerate(lengths)])
+
+    def _row(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         ids = fold_ids(ids[:, : cfg.window], cfg.buckets)
         if ids.shape[1] < max(cfg.widths):

@@ -1,4 +1,4 @@
-"""The neural networks: nn.Modules and their config dataclasses, nothing else."""
+"""The neural networks: nn.Modules, their config dataclasses, and the CNN's inference form (FusedCNN)."""
 
 from __future__ import annotations
 

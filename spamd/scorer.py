@@ -79,6 +79,10 @@ class Scorer:
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
         self.cnn = FusedCNN(models.cnn)
+        # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
+        # tells a long message), and reads the rest only for the messages the RNN is asked about.
+        tok = models.tokenizer
+        self.head = replace(tok, max_tokens=min(tok.max_tokens, models.cnn.cfg.window + 1))
 
     def score(self, raws: Sequence[bytes]) -> list[Verdict]:
         return self.resolve(self.read(raws))
@@ -91,10 +95,7 @@ class Scorer:
         """Parse and run the CNN: a verdict for each message, or what the RNN must add to it."""
         mails = [parse(raw) for raw in raws]
         tok = self.models.tokenizer
-        # The CNN reads only the first `window` tokens: tokenize that far (one more tells a
-        # long message), and read the rest only for the messages the RNN is asked about.
-        head = replace(tok, max_tokens=min(tok.max_tokens, self.models.cnn.cfg.window + 1))
-        return self._first_pass([token_ids(m, head) for m in mails], lambda i: token_ids(mails[i], tok))
+        return self._first_pass([token_ids(m, self.head) for m in mails], lambda i: token_ids(mails[i], tok))
 
     def consult(self, pending: Sequence[RnnPending]) -> list[Verdict]:
         """Run the RNN for messages `read` left pending, and combine its score with the CNN's."""

@@ -60,7 +60,7 @@ def parse(raw: bytes) -> ParsedMail:
     """Parse raw message bytes leniently; never raises on any input."""
     raw = strip_spam_headers(raw)
     size = len(raw)
-    msg = _message(_guard(raw[:MAX_PARSE_BYTES]))
+    msg = _message(raw[:MAX_PARSE_BYTES])
     headers = tuple((str(k), _decode_header(v)) for k, v in msg.items())
     texts: list[str] = []
     htmls: list[str] = []
@@ -109,7 +109,8 @@ def parse(raw: bytes) -> ParsedMail:
 
 
 def _message(raw: bytes) -> Message:
-    """The stdlib's message tree, as `email.message_from_bytes` builds it.
+    """The stdlib's message tree, as `email.message_from_bytes` builds it (after `_guard`
+    has cut the header block's over-long fields).
 
     The stdlib's parser reads a body line by line in Python, which is most of the time spent
     on a large single-part message (an HTML newsletter). Such a message is built from its
@@ -117,25 +118,24 @@ def _message(raw: bytes) -> Message:
     fraction of the time. Multipart and message/* bodies have structure: those the stdlib parses.
     """
     block, rest = split_header_block(raw)
+    block = _guard(block)
     if not rest or raw.startswith((b"\n", b"\r\n")):  # no empty line, or no headers
-        return email.message_from_bytes(raw, policy=policy.compat32)
+        return email.message_from_bytes(block + rest, policy=policy.compat32)
     head = email.message_from_bytes(block, policy=policy.compat32)
     if head.get_payload() or head.get_content_maintype() in ("multipart", "message"):
-        return email.message_from_bytes(raw, policy=policy.compat32)  # structure, or a malformed header block
+        return email.message_from_bytes(block + rest, policy=policy.compat32)  # structure, or a malformed block
     body = rest[2:] if rest.startswith(b"\r\n") else rest[1:]  # after the empty line
     head.set_payload(body.decode("ascii", "surrogateescape"))
     return head
 
 
-def _guard(raw: bytes) -> bytes:
-    """Truncate over-long header fields so the stdlib parser stays fast on hostile input."""
-    block, rest = split_header_block(raw)
+def _guard(block: bytes) -> bytes:
+    """A header block with over-long fields truncated, so the stdlib parser stays fast on hostile input."""
     fields = header_fields(block)
     if all(len(f) <= MAX_FIELD_BYTES for f in fields):
-        return raw
+        return block
     eol = b"\r\n" if block.endswith(b"\r\n") else b"\n"
-    cut = [f if len(f) <= MAX_FIELD_BYTES else f[:MAX_FIELD_BYTES].rstrip() + eol for f in fields]
-    return b"".join(cut) + rest
+    return b"".join(f if len(f) <= MAX_FIELD_BYTES else f[:MAX_FIELD_BYTES].rstrip() + eol for f in fields)
 
 
 def _get(headers: tuple[tuple[str, str], ...], name: str) -> str:

@@ -39,7 +39,7 @@ class Batcher:
     def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.002) -> None:
         self.scorer = scorer  # swapped by reload(); a running batch keeps the one it started with
         self.max_batch, self.wait_s = max(1, max_batch), wait_s
-        self.batches = self.scored = self.consulted = 0  # counters, for tests and benchmarks
+        self.batches = self.scored = 0  # counters, for tests and benchmarks
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
         self._waiting: list[Waiting] = []  # read by the CNN, waiting for the RNN
         self._wake, self._wake_rnn = asyncio.Event(), asyncio.Event()
@@ -102,7 +102,6 @@ class Batcher:
                     continue
                 results = await loop.run_in_executor(self._rnn_executor, isolate, scorer.consult,
                                                      [pending for _, pending, _ in mine])
-                self.consulted += len(mine)
                 for (_, _, fut), result in zip(mine, results, strict=True):
                     _settle(fut, result)
 

@@ -62,7 +62,8 @@ def best_ms_per_msg(fn: Callable[[], object], messages: int, repeats: int = 3) -
 def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     """The two passes apart, one thread, best of 3: the CNN as trained (TextCNN.forward, padded
     batches) against the scorer's FusedCNN (row by row), and the RNN for the messages the CNN is
-    unsure of, one packed pass against one message at a time."""
+    unsure of: as trained (TextRNN.forward, packed) against the scorer's FusedRNN, in one pass,
+    and the scorer's one message at a time."""
     window = scorer.models.cnn.cfg.window
     ids = [encode(raw, scorer.models)[: window + 1] for raw in raws]
     out: dict[str, float] = {}
@@ -73,8 +74,11 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
                 lambda net=net, padded=padded: [net(x) for x in padded], len(ids))
     pending = [p for p in scorer.read(raws) if isinstance(p, RnnPending)]
     out["rnn: messages consulted"] = len(pending)
-    out["rnn: one packed pass, ms"] = best_ms_per_msg(lambda: scorer.consult(pending), 1)
-    out["rnn: one at a time, ms"] = best_ms_per_msg(lambda: [scorer.consult([p]) for p in pending], 1)
+    padded_rnn = pad([p.ids() for p in pending], scorer.models.rnn.cfg.window)
+    out["rnn forward (packed), one pass, ms"] = best_ms_per_msg(
+        lambda: scorer.models.rnn(padded_rnn, packed=True), 1)
+    out["FusedRNN, one pass, ms"] = best_ms_per_msg(lambda: scorer.consult(pending), 1)
+    out["FusedRNN, one at a time, ms"] = best_ms_per_msg(lambda: [scorer.consult([p]) for p in pending], 1)
     return out
 
 

@@ -19,6 +19,7 @@ from spamd.features import token_ids
 from spamd.mail.parse import parse
 from spamd.modelstore import ModelSet
 from spamd.nets.cnn import FusedCNN
+from spamd.nets.rnn import FusedRNN
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Scorer:
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
         self.cnn = FusedCNN(models.cnn)
+        self.rnn = FusedRNN(models.rnn)
         # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
         # tells a long message), and reads the rest only for the messages the RNN is asked about.
         tok = models.tokenizer
@@ -127,9 +129,8 @@ class Scorer:
         never depends on its batch-mates, and a burst of long messages shares the GRU's steps."""
         if not asked:
             return {}
-        rnn = self.models.rnn
         keys = list(asked)
-        logits = rnn(pad([asked[i] for i in keys], rnn.cfg.window), packed=True).tolist()
+        logits = self.rnn(pad([asked[i] for i in keys], self.models.rnn.cfg.window)).tolist()
         return dict(zip(keys, logits, strict=True))
 
     def _verdict(self, cnn_logit: float, rnn_logit: float | None) -> Verdict:

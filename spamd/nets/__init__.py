@@ -1,4 +1,4 @@
-"""The neural networks: nn.Modules, their config dataclasses, and the CNN's inference form (FusedCNN)."""
+"""The neural networks: nn.Modules, their config dataclasses, and their inference forms (FusedCNN, FusedRNN)."""
 
 from __future__ import annotations
 

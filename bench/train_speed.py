@@ -74,11 +74,12 @@ def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig) -> di
     models = train(train_set, cfg)
     seconds = time.monotonic() - started
     params = sum(p.numel() for net in (models.cnn, models.rnn) for p in net.parameters())
-    out = {"device": cfg.device, "threads": cfg.threads, "cnn_buckets": cfg.cnn.buckets,
+    out = {"device": cfg.device, "threads": cfg.threads, "seed": cfg.seed, "cnn_buckets": cfg.cnn.buckets,
            "train_seconds": round(seconds, 1), "fp16_megabytes": round(params * 2 / 2**20, 1),
-           "fp32": evaluate(models, test)}
+           "fp32": evaluate(models, test), "cnn_alone": evaluate(models, test, "never")}
     out["long_subset"] = long_subset(models, test)
     out["rnn"] = {k: v for k, v in vars(cfg.rnn).items()}
+    out["cnn"] = {k: v for k, v in vars(cfg.cnn).items()}
     out["fp16"] = evaluate(fp16_round_trip(models), test)
     print(json.dumps(out), flush=True)
     return out
@@ -92,6 +93,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="also train with other CNN table sizes")
     ap.add_argument("--rnn-sweep", action="store_true", help="also train RNN variants (size, stride)")
+    ap.add_argument("--cnn-sweep", action="store_true",
+                    help="also train smaller CNNs (embedding width, filters, filter widths), each with --seeds")
+    ap.add_argument("--seeds", default="1", help="comma-separated training seeds for each configuration")
     ap.add_argument("--json", type=Path, default=Path("bench/out/train_speed.json"))
     args = ap.parse_args()
     if args.dump:
@@ -99,13 +103,19 @@ def main() -> None:
     train_set, test = load(args.tokens)
     base = TrainConfig(device=args.device, threads=args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{args.threads} threads"
-    runs = [one_run(train_set, test, base)]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs = [one_run(train_set, test, replace(base, seed=seed)) for seed in seeds]
     if args.sweep:
         for buckets in (1 << 14, 1 << 16, 1 << 19):
             runs.append(one_run(train_set, test, replace(base, cnn=replace(CNNConfig(), buckets=buckets))))
     if args.rnn_sweep:
         for kw in ({"hidden": 96}, {"stride": 2}, {"hidden": 96, "embed_dim": 64, "stride": 2}):
             runs.append(one_run(train_set, test, replace(base, rnn=replace(RNNConfig(), **kw))))
+    if args.cnn_sweep:
+        for kw in ({"embed_dim": 32, "filters": 64}, {"filters": 64}, {"widths": (1, 2, 3)},
+                   {"embed_dim": 32, "filters": 64, "widths": (1, 2, 3)}):
+            runs += [one_run(train_set, test, replace(base, seed=seed, cnn=replace(CNNConfig(), **kw)))
+                     for seed in seeds]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": name, "runs": runs}, indent=2) + "\n")
 

@@ -115,7 +115,7 @@ class Scorer:
         if not batch:
             return []
         window = self.models.cnn.cfg.window
-        cnn_logits = self.cnn(pad(batch, window)).tolist()
+        cnn_logits = self.cnn(batch).tolist()
         rule, band = self.policy.rnn_rule, self.policy.uncertain_band
         return [
             RnnPending(z, partial(full_ids, i)) if consult_rnn(rule, sigmoid(z), len(ids), window, band)

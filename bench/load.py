@@ -233,7 +233,9 @@ def start_spamd(tmp: Path, models_dir: Path, sink_port: int, workers: int, scori
 
 def scoring_extra(args: argparse.Namespace) -> str:
     """[scoring] lines the run overrides (none: the config's defaults)."""
-    return f"batch_max = {args.batch_max}" if args.batch_max else ""
+    lines = [f"batch_max = {args.batch_max}" if args.batch_max else "",
+             f"batch_wait_ms = {args.batch_wait_ms}" if args.batch_wait_ms is not None else ""]
+    return "\n".join(line for line in lines if line)
 
 
 def tree(pid: int) -> list[int]:
@@ -336,6 +338,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--pool", type=int, default=8, help="[delivery] pool_size")
     ap.add_argument("--batch-max", type=int, default=None, help="[scoring] batch_max (default: the config's)")
+    ap.add_argument("--batch-wait-ms", type=float, default=None,
+                    help="[scoring] batch_wait_ms (default: the config's)")
     ap.add_argument("--models", default="models", help="models directory (its ACTIVE version is used)")
     ap.add_argument("--order", choices=("file", "shuffled"), default="file",
                     help="file: SPLIT.tsv's order, grouped by folder, so the 55 hard_ham test messages "
@@ -387,7 +391,8 @@ def report(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namesp
             r["added_p99_ms"] = round(h["p99_ms"] - base["p99_ms"], 2)  # type: ignore[index]
             r["ratio_to_null"] = round(r["peak"]["messages_per_s"] / null["peak"]["messages_per_s"], 2)  # type: ignore[index]
     return {"machine": machine(), "messages": len(msgs), "order": args.order,
-            "clients": args.clients, "seconds": args.seconds, "runs": runs, "sink_alone_at_same_rate": direct,
+            "clients": args.clients, "seconds": args.seconds, "scoring_overrides": scoring_extra(args) or None,
+            "runs": runs, "sink_alone_at_same_rate": direct,
             "smtp_source_to_smtp_sink": [p for p in postfix if p is not None]}
 
 

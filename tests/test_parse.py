@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
 from spamd.mail.headers import fingerprint, prepend_headers, split_header_block, strip_spam_headers
-from spamd.mail.parse import MAX_LINK_DOMAINS, _message, parse
+from spamd.mail.parse import _URL, MAX_LINK_DOMAINS, _message, parse
 
 DATA = Path(__file__).parent / "data"
 
@@ -82,6 +82,14 @@ def test_every_link_is_counted_but_only_the_first_domains_are_read() -> None:
     assert mail.links == 300 and mail.link_domains[:2] == ("h0.example", "h1.example")
     assert len(mail.link_domains) == MAX_LINK_DOMAINS
     assert f"links:{(300).bit_length()}" in tokens(mail, TokenizerConfig())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["http", "HTTPS", "hTtPſ", "://", "www", "WwW", ".", "w", "h", "-", "x", "é",
+                                 " ", "_", "/"]), max_size=30).map("".join))
+def test_link_pattern_finds_what_its_case_insensitive_definition_finds(text: str) -> None:
+    definition = re.compile(r"(?:https?://|www\.)[\w.-]{1,200}", re.IGNORECASE)
+    assert _URL.findall(text) == definition.findall(text)
 
 
 def test_a_subject_longer_than_the_token_budget_still_tokenizes() -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
 from spamd.mail.headers import fingerprint, prepend_headers, split_header_block, strip_spam_headers
+from spamd.mail.html import _HREF
 from spamd.mail.parse import _URL, MAX_LINK_DOMAINS, _message, parse
 
 DATA = Path(__file__).parent / "data"
@@ -90,6 +91,14 @@ def test_every_link_is_counted_but_only_the_first_domains_are_read() -> None:
 def test_link_pattern_finds_what_its_case_insensitive_definition_finds(text: str) -> None:
     definition = re.compile(r"(?:https?://|www\.)[\w.-]{1,200}", re.IGNORECASE)
     assert _URL.findall(text) == definition.findall(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["href", "HrEf", "src", "SRC", "ſrc", "=", " ", "'", '"', ">", "h", "s", "x",
+                                 "é", "/"]), max_size=30).map("".join))
+def test_html_link_pattern_finds_what_its_case_insensitive_definition_finds(markup: str) -> None:
+    definition = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]{1,500})""", re.IGNORECASE)
+    assert _HREF.findall(markup) == definition.findall(markup)
 
 
 def test_a_subject_longer_than_the_token_budget_still_tokenizes() -> None:

@@ -97,8 +97,8 @@ class FusedCNN:
         t = ids.shape[0]
         x = self.cnn.embed(fold_ids(ids, self.cfg.buckets))  # (t, C)
         y = torch.addmm(self.bias, x, self.taps[0][2])  # tap 0 of every width, and the biases
-        for k, first, weight in self.taps[1:]:
-            y[: t - k, first:] += x[k:] @ weight
+        for k, first, weight in self.taps[1:]:  # added by the GEMM itself, into a view of y
+            y[: t - k, first:].addmm_(x[k:], weight)
         y.relu_()  # (t, F · len(widths)): column block i is width i's filters at each start
         # A width-w window is real only if it ends inside the message: starts 0 .. n - w.
         pooled = torch.cat([y[: n - w + 1, i * f : (i + 1) * f].amax(dim=0) if n >= w else y.new_zeros(f)

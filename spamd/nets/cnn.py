@@ -90,17 +90,24 @@ class FusedCNN:
                           for ids in batch])
 
     def _row(self, ids: torch.Tensor, n: int) -> torch.Tensor:
-        """One message's logit (1,) from its n token ids (n,)."""
+        """One message's logit (1,) from its n token ids (n,): a tensor of its own, folded in place."""
         widest, f = self.widths[-1], self.cfg.filters
+        ids = ids.sub_(1).remainder_(self.cfg.buckets - 1).add_(1)  # fold_ids: a row has no padding
         if n < widest:  # padded to the widest filter; windows that reach into it are left out below
             ids = nn.functional.pad(ids, (0, widest - n))
         t = ids.shape[0]
-        x = self.cnn.embed(fold_ids(ids, self.cfg.buckets))  # (t, C)
-        y = torch.addmm(self.bias, x, self.taps[0][2])  # tap 0 of every width, and the biases
+        x = self.cnn.embed(ids)  # (t, C)
+        y = x @ self.taps[0][2]  # tap 0 of every width: (t, F · len(widths))
         for k, first, weight in self.taps[1:]:  # added by the GEMM itself, into a view of y
             y[: t - k, first:].addmm_(x[k:], weight)
-        y.relu_()  # (t, F · len(widths)): column block i is width i's filters at each start
-        # A width-w window is real only if it ends inside the message: starts 0 .. n - w.
-        pooled = torch.cat([y[: n - w + 1, i * f : (i + 1) * f].amax(dim=0) if n >= w else y.new_zeros(f)
-                            for i, w in enumerate(self.widths)])
-        return (pooled @ self.out_weight + self.out_bias).view(1)
+        # Column block i of y is width i's filters at each start. A width-w window is real only
+        # if it ends inside the message (starts 0 .. n - w); a width with none pools to 0, which
+        # adds nothing to the logit. A filter's bias is the same at every start and ReLU is
+        # monotone, so both come after the max: on F values per width, not on every start.
+        real = sum(1 for w in self.widths if w <= n)  # the widths with a window: a prefix
+        if real == 0:
+            return self.out_bias.clone()
+        cols = real * f
+        peaks = torch.cat([y[: n - w + 1, i * f : (i + 1) * f].amax(dim=0) for i, w in enumerate(self.widths[:real])])
+        pooled = (peaks + self.bias[:cols]).relu_()
+        return (pooled @ self.out_weight[:cols] + self.out_bias).view(1)

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bench.corpus import machine, rows
+from spamd.config import DeliveryConfig
 
 FROM, TO = b"MAIL FROM:<bench@example.org>\r\n", b"RCPT TO:<user@example.net>\r\n"
 
@@ -336,7 +337,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--pool", type=int, default=8, help="[delivery] pool_size")
+    ap.add_argument("--pool", type=int, default=DeliveryConfig().pool_size, help="[delivery] pool_size")
     ap.add_argument("--batch-max", type=int, default=None, help="[scoring] batch_max (default: the config's)")
     ap.add_argument("--batch-wait-ms", type=float, default=None,
                     help="[scoring] batch_wait_ms (default: the config's)")

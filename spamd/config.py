@@ -35,7 +35,7 @@ class SmtpConfig:
 class DeliveryConfig:
     url: str = "maildir:var/Maildir"
     timeout: float = 60.0
-    pool_size: int = 8
+    pool_size: int = 32
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ The first message of a batch waits at most `wait_s` for others (none when `max_b
 already queued); while a batch is being scored, the next one gathers. Scoring runs in two
 threads: the scoring thread parses each batch and runs the CNN, and answers every message
 the CNN is sure about; the few it is unsure of go on to the RNN thread. A GRU pass over a
-long message takes tens of milliseconds; in its own thread it delays only the message it
-reads, not the batches behind it (torch releases the GIL while it computes).
+long message takes milliseconds, many times a CNN pass; in its own thread it delays only the
+message it reads, not the batches behind it (torch releases the GIL while it computes).
 """
 
 from __future__ import annotations

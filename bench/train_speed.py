@@ -2,7 +2,8 @@
 model's size costs in accuracy (hashed-token table sizes, fp16 storage).
 
     python -m bench.train_speed --dump var/tokens.pt            # tokenize the corpus once
-    python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep]
+    python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep] [--rnn-sweep]
+                                [--cnn-sweep] [--seeds 1,2]
 
 The tokens file lets the run happen on a machine without the corpus (a lent GPU box).
 """

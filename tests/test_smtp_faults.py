@@ -39,7 +39,7 @@ class RaisingRnn(Scorer):
 
 
 class SlowRnn(Scorer):
-    """Real models whose RNN pass takes a second (as a GRU over a long message can take 35 ms)."""
+    """Real models whose RNN pass takes a second (a GRU over a long message takes milliseconds)."""
 
     def consult(self, pending: Sequence[RnnPending]) -> list[Verdict]:
         time.sleep(1.0)

@@ -10,7 +10,8 @@ _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _BLOCK = re.compile(r"<\s*(br|p|div|tr|li|h\d)\b[^>]*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]{0,2000}>")
 # `(?:href|src)\s*=\s*["']?([^"'\s>]{1,500})` case-insensitively ("ſ" folds to "s"), spelled to
-# begin with one character class so the regex engine skips to candidate letters (3x faster).
+# begin with one character class so the regex engine skips to candidate letters (3x faster on
+# the test messages' HTML, timed by hand).
 _HREF = re.compile(r"""[hHsSſ](?:(?<=[hH])[rR][eE][fF]|(?<=[sSſ])[rR][cC])\s*=\s*["']?([^"'\s>]{1,500})""")
 
 

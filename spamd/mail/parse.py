@@ -27,7 +27,8 @@ MAX_LINK_DOMAINS = 64  # link targets whose domain is read (all of them are coun
 
 # A link in text: `(?:https?://|www\.)[\w.-]{1,200}` case-insensitively (where "ſ" folds to
 # "s"), spelled to begin with one character class: the regex engine then skips from candidate
-# letter to candidate letter instead of trying both branches at every position (3x faster).
+# letter to candidate letter instead of trying both branches at every position (3x faster
+# on the test messages' text, timed by hand).
 _URL = re.compile(r"[hHwW](?:(?<=[hH])[tT]{2}[pP][sSſ]?://|(?<=[wW])[wW]{2}\.)[\w.-]{1,200}")
 _CHARSET = re.compile(r"""charset\s*=\s*"?([\w.:-]{1,40})""", re.IGNORECASE)
 _ADDR_DOMAIN = re.compile(r"@([\w.-]+)")

@@ -50,17 +50,16 @@ class TextCNN(nn.Module):
         return self.out(h).squeeze(1)  # (B,)
 
 
-
 class FusedCNN:
     """A trained TextCNN's forward pass for inference, as matrix products by tap.
 
     A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. Taking
     tap k of every filter wide enough to have one gives one (T, C) × (C, F·#widths>k) product
     per k, added at a shift of k positions: five GEMMs on the embeddings instead of four
-    im2col convolutions, which copy each window. Each message is computed on its own tokens
-    only, so no work goes to padding or to masking it. Equal to `TextCNN.forward` up to float
-    rounding (tested), and cheaper on a CPU: `python -m bench.speed` times both. It takes
-    the messages' id lists as they are, so nothing is padded to begin with.
+    im2col convolutions, which copy each window. It takes each message's id list as it is and
+    computes on those tokens only, so no work goes to padding or to masking it. Equal to
+    `TextCNN.forward` up to float rounding (tested), and cheaper on a CPU: `python -m bench.speed`
+    times both.
     """
 
     def __init__(self, cnn: TextCNN) -> None:
@@ -114,7 +113,7 @@ class FusedCNN:
 
 
 def _int64(ids: Sequence[int]) -> torch.Tensor:
-    """A list of ints as a 1-D int64 tensor, through an array: 3x faster than torch.tensor(list)."""
+    """A list of ints as a 1-D int64 tensor, through an array (faster than torch.tensor on a list)."""
     if not ids:
         return torch.zeros(0, dtype=torch.int64)
     return torch.frombuffer(array.array("q", ids), dtype=torch.int64)

@@ -136,3 +136,29 @@ def test_serve_logs_to_sql_and_sighup_reloads_config(tiny_trained: TrainedTiny, 
     assert len(rows) == len(down.messages)
     first_id = down.messages[0].content.split(b"X-Spam-Id: ")[1][:20].decode()
     assert (first_id, "<n1@example.org>", "passed") in rows
+
+
+def test_freeze_heap_hides_the_heap_from_the_collector_until_the_next_freeze():
+    """A worker freezes its heap at start and again after each reload: what was alive at the
+    first freeze is not walked by the collector, and the second freeze frees what was dropped."""
+    import gc
+    import weakref
+
+    from spamd.smtp.server import freeze_heap
+
+    class Model:  # stands for a replaced model: unreachable, but in a reference cycle
+        pass
+
+    old = Model()
+    old.me = old  # type: ignore[attr-defined]
+    gone = weakref.ref(old)
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: a full collection does not look at it
+        freeze_heap()  # as a reload does
+        assert gone() is None
+    finally:
+        gc.unfreeze()

@@ -29,6 +29,7 @@ class SmtpConfig:
     idle_timeout: float = 300.0
     drain_timeout: float = 60.0
     workers: int = 2
+    pin_workers: bool = True
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,33 @@ def test_serve_logs_to_sql_and_sighup_reloads_config(tiny_trained: TrainedTiny, 
     assert (first_id, "<n1@example.org>", "passed") in rows
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pinned", [True, False])
+def test_workers_are_bound_one_cpu_each(tiny_trained: TrainedTiny, tmp_path: Path, capture, pinned: bool):
+    down = capture()
+    port = free_port()
+    config = write_config(tmp_path, tiny_trained.models_dir, down, port, workers=2)
+    if not pinned:
+        config.write_text(config.read_text().replace("workers = 2", "workers = 2\npin_workers = false"))
+    proc = start_serve(config, port)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        cpus = [os.sched_getaffinity(pid) for pid in workers]
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert len(workers) == 2
+    allowed = os.sched_getaffinity(0)
+    if not pinned:
+        assert cpus == [allowed, allowed]
+    else:
+        assert all(len(c) == 1 and c <= allowed for c in cpus)
+        if len(allowed) > 1:
+            assert cpus[0] != cpus[1]
+        assert "bound to CPU" in err
+
+
 def test_freeze_heap_hides_the_heap_from_the_collector_until_the_next_freeze():
     """A worker freezes its heap at start and again after each reload: what was alive at the
     first freeze is not walked by the collector, and the second freeze frees what was dropped."""

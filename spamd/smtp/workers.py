@@ -4,6 +4,12 @@ Each worker is a whole proxy in its own process (event loop, scoring thread, mod
 score-log writer), so the cores work in parallel without sharing a GIL. The parent only
 holds the port, passes SIGTERM/SIGINT/SIGHUP on, and restarts a worker that dies after
 running a while.
+
+With `[smtp] pin_workers` (the default) worker i is bound to the i-th CPU the daemon may use
+(round robin), as nginx's `worker_cpu_affinity auto` binds its workers. A worker's threads
+hand the GIL to each other thousands of times a second; bound to one CPU, the thread that
+takes it over runs where the other one left the caches warm, instead of being woken on the
+other CPU. `bench/load` measured more messages a second and a lower p99 with it (README).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ class Supervisor:
             raise SpamdError("a worker could not start (see its error above)")
 
     def start(self, i: int) -> None:
-        args = (self.cfg, self.config_path, self.log_level)
+        args = (self.cfg, self.config_path, self.log_level, i)
         p = self.ctx.Process(target=_worker, args=args, name=f"spamd-worker-{i}")
         p.start()
         self.procs[i] = (p, time.monotonic())
@@ -86,9 +92,22 @@ class Supervisor:
                 os.kill(p.pid, signum)
 
 
-def _worker(cfg: Config, config_path: str | None, log_level: int) -> None:
+def pin(worker: int) -> int | None:
+    """Bind this process, and the threads it starts afterwards, to one of the CPUs it may use
+    (worker i to the i-th, round robin); None where the platform cannot."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))  # taskset or systemd's CPUAffinity= are respected
+    cpu = allowed[worker % len(allowed)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def _worker(cfg: Config, config_path: str | None, log_level: int, worker: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("mail.log").setLevel(max(log_level, logging.WARNING))
+    if cfg.smtp.pin_workers:
+        log.info("worker %d bound to CPU %s", worker, pin(worker))
     sock = server.listen_socket(cfg.smtp.listen, reuse_port=True)
     try:
         server.run(cfg, config_path, sql_sink, sock)

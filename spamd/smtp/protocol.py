@@ -140,10 +140,10 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             piece = await reader.readuntil(DOT_LINE)  # the end of a line that ends in a dot
         except asyncio.LimitOverrunError as exc:  # no dot line within the reader's limit
             piece = await reader.read(exc.consumed)
-        done = piece.endswith(DOT_LINE) and (before + piece)[-5:] == b"\r\n" + DOT_LINE
+        done = (before + piece[-5:]).endswith(b"\r\n" + DOT_LINE)  # only the tail: no copy of the piece
         if done:
             piece = piece[: -len(DOT_LINE)]
-        before = (before + piece)[-2:]
+        before = (before + piece[-2:])[-2:]
         if not refusal:
             size += len(piece)
             line, too_long = _last_line(line + piece if line else piece, line_limit)

@@ -11,11 +11,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from spamd.errors import ConfigError
 
 ENV_VAR = "SPAMD_CONFIG"
+# [delivery] tls, after Postfix's smtp_tls_security_level (spamd/smtp/tls.py says what each does).
+TlsLevel = Literal["none", "may", "encrypt", "verify"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class DeliveryConfig:
     url: str = "maildir:var/Maildir"
     timeout: float = 60.0
     pool_size: int = 32
+    tls: TlsLevel = "none"
+    tls_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if get_origin(hint) is Literal:
+        if value in get_args(hint):
+            return value
+        raise ConfigError(f"{key} has a bad value {value!r} (expected one of {', '.join(map(repr, get_args(hint)))})")
     text = str(hint)
     if "tuple" in text:
         if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):

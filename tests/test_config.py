@@ -36,10 +36,20 @@ def test_values_are_typed_and_paths_relative_to_the_file(tmp_path: Path) -> None
     assert cfg.models_dir == tmp_path / "models"
 
 
+def test_tls_takes_the_levels_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[delivery]\nurl = "smtp://mx.example.org:25"\ntls = "verify"\ntls_ca_file = "ca.pem"\n')
+    cfg = load_config(path)
+    assert (cfg.delivery.tls, cfg.delivery.tls_ca_file) == ("verify", "ca.pem")
+    assert cfg.path(cfg.delivery.tls_ca_file) == tmp_path / "ca.pem"
+
+
 @pytest.mark.parametrize("body, message", [
     ("[scoring]\nthreads = 'two'\n", "scoring.threads"),
     ("[scoring]\nthreads = true\n", "scoring.threads"),
     ("[scoring]\nuncertain_band = [1]\n", "two numbers"),
+    ("[delivery]\ntls = 'maybe'\n", r"delivery.tls has a bad value 'maybe' \(expected one of 'none', 'may', "),
+    ("[delivery]\ntls = true\n", "delivery.tls has a bad value True"),
     ("[scoring]\nnope = 1\n", "unknown config key"),
     ("[nope]\nx = 1\n", "unknown config key"),
     ("scoring = 3\n", "must be a table"),

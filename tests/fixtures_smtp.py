@@ -3,13 +3,16 @@
     client (smtplib / aiosmtplib) ──▶ spamd proxy (Daemon in a thread) ──▶ CaptureServer (aiosmtpd)
 
 The capture server can be told to refuse recipients, answer DATA with a 4xx, answer
-slowly, or be down (stopped and later started again on the same port).
+slowly, or be down (stopped and later started again on the same port). Given an SSLContext it
+offers STARTTLS (or, `implicit`, speaks TLS from the first byte, as smtps:// does), and each
+message it keeps says whether its session was encrypted; `tls_ca` makes the certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import smtplib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from spamd.config import Config, DatabaseConfig, DeliveryConfig, ScoringConfig, SmtpConfig
@@ -49,6 +53,7 @@ class Captured:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     content: bytes
+    tls: str | None = None  # the session's TLS version ("TLSv1.3"), None when it was plain
 
 
 @dataclass
@@ -78,7 +83,10 @@ class _CaptureHandler:
             await asyncio.sleep(b.data_delay)
         if b.data_reply:
             return b.data_reply
-        item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""))
+        # After STARTTLS aiosmtpd's transport is the TLS one, so this sees both ways of encrypting.
+        tls = server.transport.get_extra_info("ssl_object") if server.transport else None
+        item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""),
+                        tls.version() if tls else None)
         with self.server.lock:
             self.server.messages.append(item)
         return "250 2.0.0 Ok: queued"
@@ -92,21 +100,23 @@ class _WideSMTP(SMTP):
         super().__init__(handler, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        with self.owner.lock:
-            self.owner.connections += 1
-            self.owner.live.add(transport)
+        if self._original_transport is None:  # not STARTTLS's second call for the same connection
+            with self.owner.lock:
+                self.owner.connections += 1
+                self.owner.live.add(transport)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         with self.owner.lock:
-            self.owner.live.discard(self.transport)  # type: ignore[arg-type]
+            self.owner.live.discard(self._original_transport or self.transport)  # type: ignore[arg-type]
         super().connection_lost(error)
 
 
 class CaptureServer:
     """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False) -> None:
+        self.tls_context, self.implicit = tls_context, implicit
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
@@ -120,14 +130,16 @@ class CaptureServer:
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        return f"{'smtps' if self.implicit else 'smtp'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        starttls = None if self.implicit else self.tls_context
+
         async def go() -> asyncio.Server:
             loop = asyncio.get_running_loop()
             return await loop.create_server(
-                lambda: _WideSMTP(_CaptureHandler(self), self, hostname="capture", loop=loop),
-                "127.0.0.1", self.port, reuse_address=True)
+                lambda: _WideSMTP(_CaptureHandler(self), self, hostname="capture", tls_context=starttls, loop=loop),
+                "127.0.0.1", self.port, reuse_address=True, ssl=self.tls_context if self.implicit else None)
 
         self._server = self._lt.call(go())
         self.port = self._server.sockets[0].getsockname()[1]
@@ -200,6 +212,13 @@ def proxy_config(models_dir: Path, delivery_url: str, base_dir: Path, **scoring:
     return Config(smtp=smtp, delivery=delivery, scoring=scoring_cfg, database=database, base_dir=base_dir)
 
 
+def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A downstream's SSLContext with a certificate from `ca` for `names` (host names or IP addresses)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
 def send(port: int, raw: bytes, sender: str = "alice@example.org",
          rcpts: tuple[str, ...] = ("bob@example.net",)) -> dict[str, tuple[int, bytes]]:
     """Send one message with smtplib; returns the refused recipients (raises as smtplib does)."""
@@ -207,13 +226,19 @@ def send(port: int, raw: bytes, sender: str = "alice@example.org",
         return client.sendmail(sender, list(rcpts), raw)
 
 
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A certificate authority made for the test run; `ca.cert_pem.write_to_path` gives its PEM file."""
+    return trustme.CA()
+
+
 @pytest.fixture
-def capture() -> Iterator[Callable[[], CaptureServer]]:
+def capture() -> Iterator[Callable[..., CaptureServer]]:
     """Factory of capturing downstream servers, all closed at the end of the test."""
     made: list[CaptureServer] = []
 
-    def make() -> CaptureServer:
-        made.append(CaptureServer())
+    def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False) -> CaptureServer:
+        made.append(CaptureServer(tls_context, implicit))
         return made[-1]
 
     yield make

@@ -3,7 +3,8 @@
 The envelope is relayed as the client gives it, so every recipient gets the downstream's own
 answer at RCPT time (SMTP's DATA has one reply for all recipients: a refusal known only after
 DATA could not reach the client, and would become "250 and drop"). Two implementations:
-`relay.SmtpDownstream` (smtp://host:port, pooled aiosmtplib connections) and
+`relay.SmtpDownstream` (smtp:// or smtps://host:port, pooled aiosmtplib connections, TLS as
+[delivery] tls says: tls.py) and
 `maildir.MaildirDownstream` (maildir:PATH, the embedded default).
 """
 
@@ -64,14 +65,16 @@ def open_downstream(cfg: Config) -> Downstream:
     """The downstream named by [delivery] url."""
     from spamd.smtp.maildir import MaildirDownstream
     from spamd.smtp.relay import SmtpDownstream
+    from spamd.smtp.tls import downstream_tls
 
-    url = cfg.delivery.url
-    if url.startswith("maildir:"):
-        return MaildirDownstream(cfg.path(url[len("maildir:") :]))
-    if url.startswith("smtp://"):
-        host, _, port = url[len("smtp://") :].rstrip("/").rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"[delivery] url {url!r} must look like smtp://host:port")
-        return SmtpDownstream(host.strip("[]"), int(port), cfg.smtp.hostname, cfg.delivery.timeout,
-                              cfg.delivery.pool_size)
-    raise ConfigError(f"[delivery] url {url!r} must start with smtp:// or maildir:")
+    d = cfg.delivery
+    if d.url.startswith("maildir:"):
+        return MaildirDownstream(cfg.path(d.url[len("maildir:") :]))
+    for scheme in ("smtp://", "smtps://"):
+        if d.url.startswith(scheme):
+            host, _, port = d.url[len(scheme) :].rstrip("/").rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"[delivery] url {d.url!r} must look like {scheme}host:port")
+            tls = downstream_tls(d.tls, scheme == "smtps://", cfg.path(d.tls_ca_file) if d.tls_ca_file else None)
+            return SmtpDownstream(host.strip("[]"), int(port), cfg.smtp.hostname, d.timeout, d.pool_size, tls)
+    raise ConfigError(f"[delivery] url {d.url!r} must start with smtp://, smtps:// or maildir:")

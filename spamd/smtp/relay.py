@@ -6,20 +6,31 @@ timeout for a free one, and hands it back at its end, still open for the next me
 aiosmtplib's exceptions stop here: a connection that fails, times out or drops becomes
 `451 4.4.1` (the client retries, nothing is lost); a reply the downstream gives is relayed
 as given. A pooled connection the downstream has closed meanwhile is replaced once, at MAIL.
+
+TLS ([delivery] tls, see tls.py) is settled once per connection, when it is opened: STARTTLS
+after the first EHLO, then EHLO again (RFC 3207: what was said before TLS no longer counts).
+A connection that falls short of the policy is closed, and the transaction is answered
+`451 4.7.4` (no STARTTLS offered) or `451 4.7.5` (handshake or certificate check failed), with
+the reason in the log: the client retries, nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
-from aiosmtplib import SMTP, SMTPException, SMTPResponseException, SMTPServerDisconnected
+from aiosmtplib import SMTP, SMTPConnectError, SMTPException, SMTPResponseException, SMTPServerDisconnected
 
+from spamd.errors import DeliveryTempFail
 from spamd.smtp import replies
 from spamd.smtp.forward import Reply, Transaction
+from spamd.smtp.tls import DownstreamTls
 
 log = logging.getLogger("spamd.smtp")
 UNAVAILABLE = Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
+NO_TLS = Reply.parse(replies.DOWNSTREAM_NO_TLS)
+TLS_FAILED = Reply.parse(replies.DOWNSTREAM_TLS_FAILED)
 # Raised by a connection that fails in any way; each is answered 451, never 250.
 FAILURES = (SMTPException, OSError, TimeoutError)
 
@@ -89,8 +100,9 @@ class SmtpTransaction:
 
 
 class SmtpDownstream:
-    def __init__(self, host: str, port: int, local_hostname: str, timeout: float, pool_size: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, local_hostname: str, timeout: float, pool_size: int,
+                 tls: DownstreamTls) -> None:
+        self.host, self.port, self.tls = host, port, tls
         self.local_hostname, self.timeout = local_hostname, timeout
         self.connections = 0  # made so far (pooling keeps this small)
         self._idle: list[SMTP] = []
@@ -119,6 +131,8 @@ class SmtpDownstream:
                 if pooled:
                     continue  # nothing was sent yet: safe to try again on a fresh connection
                 return self._unavailable("it dropped a new connection")
+            except DeliveryTempFail as exc:
+                return self._unavailable(str(exc), Reply(exc.code, exc.text))
             except FAILURES as exc:
                 return self._unavailable(str(exc))
             except asyncio.CancelledError:
@@ -133,10 +147,10 @@ class SmtpDownstream:
             return txn
         return UNAVAILABLE
 
-    def _unavailable(self, why: str) -> Reply:
+    def _unavailable(self, why: str, reply: Reply = UNAVAILABLE) -> Reply:
         log.error("downstream %s:%s unavailable: %s", self.host, self.port, why)
         self._slots.release()
-        return UNAVAILABLE
+        return reply
 
     def _pop_idle(self) -> SMTP | None:
         while self._idle:
@@ -147,16 +161,38 @@ class SmtpDownstream:
         return None
 
     async def _connect(self) -> SMTP:
+        """A new connection, greeted and (as [delivery] tls asks) encrypted; DeliveryTempFail if TLS fell short."""
         client = SMTP(hostname=self.host, port=self.port, local_hostname=self.local_hostname,
-                      timeout=self.timeout, start_tls=False)
-        await client.connect()
+                      timeout=self.timeout, start_tls=False, use_tls=self.tls.implicit, tls_context=self.tls.context)
+        try:
+            await client.connect()
+        except SMTPConnectError as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):  # smtps://: aiosmtplib wraps a failed handshake
+                raise self._tls_failed(TLS_FAILED, f"TLS handshake failed: {exc.__cause__}") from exc
+            raise
         try:
             await client.ehlo()
+            if self.tls.starttls:
+                await self._starttls(client)
         except BaseException:
             client.close()
             raise
         self.connections += 1
         return client
+
+    async def _starttls(self, client: SMTP) -> None:
+        if not client.supports_extension("starttls"):
+            if self.tls.level == "may":
+                return
+            raise self._tls_failed(NO_TLS, "it offers no STARTTLS")
+        try:
+            await client.starttls()
+        except (ssl.SSLError, SMTPResponseException) as exc:  # a failed check is an SSLCertVerificationError
+            raise self._tls_failed(TLS_FAILED, f"STARTTLS failed: {exc}") from exc
+        await client.ehlo()
+
+    def _tls_failed(self, reply: Reply, why: str) -> DeliveryTempFail:
+        return DeliveryTempFail(f'{why} ([delivery] tls = "{self.tls.level}")', reply.code, reply.text)
 
     @staticmethod
     def _options(client: SMTP, options: list[str]) -> list[bytes]:
@@ -174,9 +210,18 @@ class SmtpDownstream:
         self._slots.release()
 
     async def close(self) -> None:
+        """QUIT every idle connection, then drop it.
+
+        Once QUIT is answered nothing is left to say, so a TLS connection is not left waiting for
+        the downstream's close_notify, which would outlive the event loop when the daemon exits.
+        """
         idle, self._idle = self._idle, []
         for client in idle:
+            transport = client.transport
             try:
                 await client.quit(timeout=2)
             except FAILURES:
                 client.close()
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+        await asyncio.sleep(0)  # the aborted sockets are closed on the loop's next turn

@@ -16,6 +16,12 @@ RESET_OK = "250 2.0.0 OK"
 # and retries later, so nothing is lost.
 DOWNSTREAM_UNAVAILABLE = "451 4.4.1 Downstream mail server unavailable, try again later"
 
+# [delivery] tls = "encrypt" or "verify", and the downstream offers no STARTTLS (misconfigured, or
+# someone on the way strips it): the client keeps the message until the downstream does.
+DOWNSTREAM_NO_TLS = "451 4.7.4 Downstream mail server offers no TLS, try again later"
+# The TLS handshake with the downstream failed, or its certificate did not verify (tls = "verify").
+DOWNSTREAM_TLS_FAILED = "451 4.7.5 TLS with the downstream mail server failed, try again later"
+
 # Scoring failed and [scoring] on_failure = "tempfail".
 SCORING_TEMPFAIL = "451 4.3.0 Spam filter unavailable, try again later"
 

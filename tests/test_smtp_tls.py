@@ -1,0 +1,143 @@
+"""TLS to the downstream ([delivery] tls) on loopback: what each level delivers, and what it refuses with 451.
+
+Certificates come from a CA made for the test run (trustme); scoring is off, as TLS is all
+that is tested here. A 451 comes at MAIL, when the connection is opened, so nothing was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trustme
+
+from spamd.config import Config, TlsLevel
+from spamd.errors import ConfigError
+from spamd.smtp import replies
+from spamd.smtp.forward import open_downstream
+from tests.fixtures_smtp import proxy_config, send, server_tls
+
+HAM = b"Subject: lunch\r\nFrom: Carol <carol@example.org>\r\nMessage-ID: <t1@example.org>\r\n\r\nNoon?\r\n"
+
+
+def tls_config(tmp_path: Path, url: str, tls: TlsLevel, ca_file: str = "") -> Config:
+    cfg = proxy_config(tmp_path / "no-models", url, tmp_path, enabled=False)
+    return replace(cfg, delivery=replace(cfg.delivery, tls=tls, tls_ca_file=ca_file))
+
+
+def spamd_log(caplog: pytest.LogCaptureFixture) -> str:
+    """What spamd logged (the downstream, aiosmtpd, logs its side of a failed handshake too)."""
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "spamd.smtp")
+
+
+def refused_at_mail(port: int) -> str:
+    """The reply the client got at MAIL, as one line."""
+    with pytest.raises(smtplib.SMTPSenderRefused) as err:
+        send(port, HAM)
+    return f"{err.value.smtp_code} {err.value.smtp_error.decode()}"
+
+
+@pytest.mark.parametrize("level, offers_starttls, encrypted", [
+    ("none", True, False),  # the default never asks, even when offered
+    ("may", False, False),
+    ("may", True, True),  # the certificate is from an unknown CA: "may" does not check it
+    ("encrypt", True, True),  # nor does "encrypt"
+])
+def test_unverified_levels_deliver(level: TlsLevel, offers_starttls: bool, encrypted: bool, tls_ca: trustme.CA,
+                                   tmp_path: Path, capture, proxy):
+    down = capture(server_tls(tls_ca, "127.0.0.1") if offers_starttls else None)
+    p = proxy(tls_config(tmp_path, down.url, level), models=False)
+    assert send(p.port, HAM) == {}
+    [item] = down.wait_for(1)
+    assert (item.tls is not None) == encrypted and item.content.endswith(HAM)
+
+
+def test_verify_with_the_ca_file_delivers_over_tls_negotiated_once_per_connection(tls_ca: trustme.CA,
+                                                                                  tmp_path: Path, capture, proxy):
+    down = capture(server_tls(tls_ca, "127.0.0.1"))
+    tls_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    p = proxy(tls_config(tmp_path, down.url, "verify", "ca.pem"), models=False)  # relative to the config's dir
+    send(p.port, HAM)
+    send(p.port, HAM)
+    assert [item.tls is not None for item in down.wait_for(2)] == [True, True]
+    assert down.connections == 1  # the second message reused the encrypted connection
+
+
+@pytest.mark.parametrize("ca_file, names, reason", [
+    ("", ("127.0.0.1",), "certificate verify failed"),  # the system's CAs do not know the test CA
+    ("ca.pem", ("mail.example.org",), "mismatch"),  # a trusted CA, but a certificate for another host
+])
+def test_verify_refuses_a_certificate_it_cannot_check_with_451(ca_file: str, names: tuple[str, ...],
+                                                                reason: str, tls_ca: trustme.CA, tmp_path: Path,
+                                                                capture, proxy, caplog):
+    down = capture(server_tls(tls_ca, *names))
+    tls_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    p = proxy(tls_config(tmp_path, down.url, "verify", ca_file), models=False)
+    with caplog.at_level(logging.ERROR, logger="spamd.smtp"):
+        assert refused_at_mail(p.port) == replies.DOWNSTREAM_TLS_FAILED
+    assert down.messages == [] and down.data_started == 0
+    assert reason in spamd_log(caplog) and 'tls = "verify"' in spamd_log(caplog)
+
+
+@pytest.mark.parametrize("level", ["encrypt", "verify"])
+def test_required_tls_not_offered_answers_451(level: TlsLevel, tmp_path: Path, capture, proxy, caplog):
+    down = capture()  # plain: no STARTTLS in its EHLO reply
+    p = proxy(tls_config(tmp_path, down.url, level), models=False)
+    with caplog.at_level(logging.ERROR, logger="spamd.smtp"):
+        assert refused_at_mail(p.port) == replies.DOWNSTREAM_NO_TLS
+    assert down.messages == [] and down.data_started == 0
+    assert f'offers no STARTTLS ([delivery] tls = "{level}")' in spamd_log(caplog)
+
+
+@pytest.mark.parametrize("level, trusted", [("verify", True), ("encrypt", False)])
+def test_smtps_delivers_over_implicit_tls(level: TlsLevel, trusted: bool, tls_ca: trustme.CA, tmp_path: Path,
+                                          capture, proxy):
+    down = capture(server_tls(tls_ca, "127.0.0.1"), implicit=True)
+    tls_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    p = proxy(tls_config(tmp_path, down.url, level, "ca.pem" if trusted else ""), models=False)
+    send(p.port, HAM)
+    assert down.wait_for(1)[0].tls is not None
+
+
+def test_smtps_refuses_an_unverified_certificate_with_451(tls_ca: trustme.CA, tmp_path: Path, capture, proxy,
+                                                          caplog):
+    down = capture(server_tls(tls_ca, "127.0.0.1"), implicit=True)
+    p = proxy(tls_config(tmp_path, down.url, "verify"), models=False)
+    with caplog.at_level(logging.ERROR, logger="spamd.smtp"):
+        assert refused_at_mail(p.port) == replies.DOWNSTREAM_TLS_FAILED
+    assert down.messages == [] and "TLS handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED]" in spamd_log(caplog)
+
+
+def test_closing_the_pool_closes_tls_connections_at_once(tls_ca: trustme.CA, tmp_path: Path, capture, proxy):
+    # A TLS connection closed gently waits for the downstream's close_notify, on an event loop
+    # that stops right after: its socket would be left open (a ResourceWarning at exit).
+    down = capture(server_tls(tls_ca, "127.0.0.1"))
+    p = proxy(tls_config(tmp_path, down.url, "encrypt"), models=False)
+    send(p.port, HAM)
+    downstream = p.daemon.downstream
+
+    async def close() -> list[int]:
+        sockets = [client.get_transport_info("socket") for client in downstream._idle]
+        await downstream.close()
+        return [sock.fileno() for sock in sockets]
+
+    assert p.call(close()) == [-1]
+
+
+@pytest.mark.parametrize("url, tls, ca_file, message", [
+    ("smtps://127.0.0.1:465", "none", "", 'needs tls = "encrypt" or "verify"'),
+    ("smtps://127.0.0.1:465", "may", "", 'needs tls = "encrypt" or "verify"'),
+    ("smtp://127.0.0.1:25", "may", "ca.pem", 'read only with tls = "verify"'),
+    ("smtp://127.0.0.1:25", "verify", "missing.pem", "missing.pem"),
+    ("smtp://127.0.0.1:25", "verify", "junk.pem", "junk.pem"),
+    ("smtps://127.0.0.1", "verify", "", "must look like smtps://host:port"),
+])
+def test_tls_settings_that_cannot_work_stop_spamd_at_start(url: str, tls: TlsLevel, ca_file: str, message: str,
+                                                          tls_ca: trustme.CA, tmp_path: Path):
+    tls_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=message):
+        open_downstream(tls_config(tmp_path, url, tls, ca_file))

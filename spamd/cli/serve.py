@@ -15,7 +15,8 @@ from spamd.cli import config_option, get_config
 @click.option("--listen", default=None, help="host:port to listen on (default: [smtp] listen).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes sharing the port (default: [smtp] workers).")
-@click.option("--delivery", default=None, help="smtp://host:port or maildir:PATH (default: [delivery] url).")
+@click.option("--delivery", default=None,
+              help="smtp://host:port, smtps://host:port or maildir:PATH (default: [delivery] url).")
 @click.pass_context
 def command(ctx: click.Context, listen: str | None, workers: int | None, delivery: str | None) -> None:
     """Accept mail over SMTP, score it, tag/reject it and pass it on to the configured downstream."""

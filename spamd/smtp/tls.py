@@ -2,7 +2,8 @@
 
     none     plain SMTP (the default: the embedded default delivers into a local Maildir, and
              a reinjection port on loopback needs no TLS)
-    may      STARTTLS when the downstream offers it, its certificate unchecked; else plain
+    may      STARTTLS when the downstream offers it, its certificate unchecked; else plain (a
+             STARTTLS offered but failing → 451 4.7.5, not a fall back to plain)
     encrypt  STARTTLS or nothing, certificate unchecked: no STARTTLS offered → 451 4.7.4
     verify   STARTTLS or nothing, and the certificate must chain to [delivery] tls_ca_file (else
              the system's CAs) and name the host in the url: a failed check → 451 4.7.5

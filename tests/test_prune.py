@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from spamd import modelstore, prune, registry
+from spamd.cli import main
+from spamd.cli.retrain import EXIT_BUSY
 from spamd.db import registry as repo
 from spamd.db.schema import ModelFile, ModelVersion
 from spamd.errors import ModelNotFound
+from spamd.retrain import lock
 from tests.fixtures_models import TrainedTiny, new_version
 
 S, A, R1, B, C, R2, D = (f"202001{day:02d}T000000Z" for day in range(1, 8))
@@ -201,3 +206,40 @@ def test_an_activation_on_another_host_waits_for_a_prune_in_progress(
     # Had activating A copied its files into the database before the prune deleted them, A would be
     # active without them; waiting, it finds A pruned and puts them back from this host's copy.
     assert done.is_set() and statuses(engine)[version] == "active" and version in files_in_database(engine)
+
+
+
+
+
+@pytest.fixture
+def cli(db_url: str, models_dir: Path, tmp_path: Path) -> Callable[..., Result]:
+    config = tmp_path / "spamd.toml"
+    config.write_text(f'[scoring]\nmodels_dir = "{models_dir}"\n[database]\nurl = "{db_url}"\n'
+                      "[training]\nkeep_versions = 1\n")
+    return lambda *args: CliRunner().invoke(main, ["--config", str(config), *args])
+
+
+def test_models_prune_prints_what_it_removes_and_waits_for_a_retrain(
+        cli: Callable[..., Result], engine: Engine, models_dir: Path, tiny_trained: TrainedTiny) -> None:
+    build(engine, models_dir, tiny_trained)
+    dry = cli("models", "prune", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert [line.split()[:3] for line in dry.output.splitlines() if line.startswith("would")] == [
+        ["would", "prune", R1], ["would", "prune", R2], ["would", "prune", A],
+        ["would", "delete", str(models_dir / A)], ["would", "delete", str(models_dir / R1)],
+        ["would", "delete", str(models_dir / R2)]]
+    assert f"keep    {C}  (rollback target)" in dry.output and dry.output.endswith("dry run: nothing was removed\n")
+    assert on_disk(models_dir) == EVERY
+    held = lock.acquire(engine, stale_after=3600, holder="trainer:1:x")
+    assert held is not None
+    try:
+        busy = cli("models", "prune")
+        assert busy.exit_code == EXIT_BUSY and on_disk(models_dir) == EVERY
+    finally:
+        held.release()
+    real = cli("models", "prune", "--keep", "2")
+    assert real.exit_code == 0, real.output
+    assert [line.split()[1] for line in real.output.splitlines() if line.startswith("prune")] == [R1, R2]
+    assert on_disk(models_dir) == [S, A, B, C, D]
+    listing = cli("models", "list").output
+    assert {line.split()[0]: line.split()[1] for line in listing.splitlines()[1:]}[R1] == "pruned"

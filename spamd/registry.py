@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spamd import modelstore
+from spamd import modelstore, prune
 from spamd.db import registry as repo
 from spamd.db.engine import make_engine, sqlite_path
 from spamd.db.schema import ModelFile, ModelVersion
@@ -169,12 +169,17 @@ def active_in_database(url: str, models_dir: Path) -> str | None:
 
 
 class ModelWatcher:
-    """Polls the registry and calls `on_change(version)` when another version becomes active."""
+    """Polls the registry and calls `on_change(version)` when another version becomes active.
+
+    With `sweep`, this host's copies of pruned versions are then removed (`spamd.prune.sweep`):
+    a serving host materialises every promoted version, and the prune after a retrain can
+    delete only the training host's copies.
+    """
 
     def __init__(self, url: str, models_dir: Path, interval: float, current: str | None,
-                 on_change: Callable[[str], Awaitable[None]]) -> None:
+                 on_change: Callable[[str], Awaitable[None]], sweep: bool = False) -> None:
         self.url, self.models_dir, self.interval = url, models_dir, interval
-        self.current, self.on_change = current, on_change
+        self.current, self.on_change, self.sweep = current, on_change, sweep
         self.engine = make_engine(url)
 
     def check(self) -> str | None:
@@ -206,6 +211,19 @@ class ModelWatcher:
             log.warning("model version %s is now active (was %s): reloading", version, self.current)
             self.current = version
             await self.on_change(version)
+            if self.sweep:
+                await asyncio.to_thread(self.remove_pruned)
+
+    def remove_pruned(self) -> None:
+        """Remove this host's copies of pruned versions (blocking); a failure is logged and retried next change."""
+        try:
+            with Session(self.engine) as s:
+                removed = prune.sweep(s, self.models_dir, spare={self.current} if self.current else set())
+        except (SQLAlchemyError, ModelError, OSError) as exc:
+            log.warning("cannot remove pruned model versions from %s: %s", self.models_dir, exc)
+            return
+        if removed:
+            log.warning("removed pruned model version(s) from %s: %s", self.models_dir, ", ".join(removed))
 
 
 def _follow(models_dir: Path, version: str) -> None:

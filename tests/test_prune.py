@@ -17,6 +17,7 @@ kept, and R1, R2, A are pruned: the candidates first, though they are newer than
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from collections.abc import Callable
@@ -208,7 +209,29 @@ def test_an_activation_on_another_host_waits_for_a_prune_in_progress(
     assert done.is_set() and statuses(engine)[version] == "active" and version in files_in_database(engine)
 
 
+def test_a_serving_hosts_watcher_removes_its_copies_of_pruned_versions(
+        engine: Engine, db_url: str, models_dir: Path, tmp_path: Path, tiny_trained: TrainedTiny) -> None:
+    build(engine, models_dir, tiny_trained)
+    serving = tmp_path / "serving-host" / "models"
+    shutil.copytree(models_dir, serving)
+    prune.prune(engine, models_dir, keep=1)
+    changes: list[str] = []
 
+    async def on_change(version: str) -> None:
+        changes.append(version)
+
+    watcher = registry.ModelWatcher(db_url, serving, 0.05, D, on_change, sweep=True)
+    try:
+        asyncio.run(watcher.poll())
+        assert changes == [] and on_disk(serving) == EVERY  # nothing changed, nothing swept
+        E = new_version(models_dir, tiny_trained.load(), "20200108T000000Z")  # noqa: N806
+        with Session(engine) as s, s.begin():
+            registry.activate(s, models_dir, E)
+        asyncio.run(watcher.poll())
+    finally:
+        watcher.engine.dispose()
+    assert changes == [E]
+    assert on_disk(serving) == [S, B, C, D] and (serving / E / modelstore.MANIFEST).is_file()
 
 
 @pytest.fixture

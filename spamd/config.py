@@ -88,6 +88,7 @@ class TrainingConfig:
     lock_stale_after: float = 3600.0
     nice: int = 10
     in_serve: bool = True
+    keep_versions: int | None = 5  # 0 or None (false in the file): keep every version
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Once a database exists its registry is the source of truth; on first use it is seeded
 from models/ACTIVE (the starter). A version's files are kept in the database as well
 (`model_files`, written when it becomes active), so a node that lacks models/VERSION/
-rebuilds it from there, sha256-checked, before loading it.
+rebuilds it from there, sha256-checked, before loading it. Old versions lose their files
+in both places when they are pruned (`spamd.prune`); rollback steps over them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spamd import modelstore
+from spamd import modelstore, prune
 from spamd.db import registry as repo
 from spamd.db.engine import make_engine, sqlite_path
 from spamd.db.schema import ModelFile, ModelVersion
@@ -55,23 +56,29 @@ def register(session: Session, models_dir: Path, version: str, labels: int = 0,
 
 
 def activate(session: Session, models_dir: Path, version: str) -> None:
-    """Make `version` the active one everywhere; its files go into the database for other nodes."""
-    if repo.get_version(session, version) is None:
+    """Make `version` the active one everywhere; its files go into the database for other nodes.
+
+    The row is locked first, so that a prune running at the same time either finishes before
+    (and a pruned version comes back from this host's copy, if it has one) or waits.
+    """
+    row = repo.lock_version(session, version)
+    if row is None:
         register(session, models_dir, version)
+    elif row.status == "pruned":
+        if not (models_dir / version / modelstore.MANIFEST).is_file():
+            raise ModelNotFound(f"model version {version} was pruned: its files are gone from the database "
+                                f"and from {models_dir}")
+        log.warning("model version %s was pruned; its files go back into the database from %s", version, models_dir)
     store_files(session, models_dir, version)
     repo.activate(session, version, now())
 
 
 def rollback(session: Session, models_dir: Path) -> str:
-    """Activate the newest version older than the active one that was ever active; return its name."""
+    """Activate the newest version older than the active one that was ever active (and not pruned); return it."""
     current = repo.active_version(session)
     if current is None:
         raise ModelNotFound("no active version to roll back from")
-    stmt = (select(ModelVersion).where(ModelVersion.activated_at.is_not(None),
-                                       ModelVersion.created_at < current.created_at,
-                                       ModelVersion.version != current.version)
-            .order_by(ModelVersion.created_at.desc()))
-    previous = session.scalars(stmt).first()
+    previous = repo.rollback_target(session, current)
     if previous is None:
         raise ModelNotFound(f"no earlier active version to roll back to from {current.version}")
     activate(session, models_dir, previous.version)
@@ -162,12 +169,17 @@ def active_in_database(url: str, models_dir: Path) -> str | None:
 
 
 class ModelWatcher:
-    """Polls the registry and calls `on_change(version)` when another version becomes active."""
+    """Polls the registry and calls `on_change(version)` when another version becomes active.
+
+    With `sweep`, this host's copies of pruned versions are then removed (`spamd.prune.sweep`):
+    a serving host materialises every promoted version, and the prune after a retrain can
+    delete only the training host's copies.
+    """
 
     def __init__(self, url: str, models_dir: Path, interval: float, current: str | None,
-                 on_change: Callable[[str], Awaitable[None]]) -> None:
+                 on_change: Callable[[str], Awaitable[None]], sweep: bool = False) -> None:
         self.url, self.models_dir, self.interval = url, models_dir, interval
-        self.current, self.on_change = current, on_change
+        self.current, self.on_change, self.sweep = current, on_change, sweep
         self.engine = make_engine(url)
 
     def check(self) -> str | None:
@@ -199,6 +211,19 @@ class ModelWatcher:
             log.warning("model version %s is now active (was %s): reloading", version, self.current)
             self.current = version
             await self.on_change(version)
+            if self.sweep:
+                await asyncio.to_thread(self.remove_pruned)
+
+    def remove_pruned(self) -> None:
+        """Remove this host's copies of pruned versions (blocking); a failure is logged and retried next change."""
+        try:
+            with Session(self.engine) as s:
+                removed = prune.sweep(s, self.models_dir, spare={self.current} if self.current else set())
+        except (SQLAlchemyError, ModelError, OSError) as exc:
+            log.warning("cannot remove pruned model versions from %s: %s", self.models_dir, exc)
+            return
+        if removed:
+            log.warning("removed pruned model version(s) from %s: %s", self.models_dir, ", ".join(removed))
 
 
 def _follow(models_dir: Path, version: str) -> None:

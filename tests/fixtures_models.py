@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,14 @@ class TrainedTiny:
 
     def load(self) -> ModelSet:
         return modelstore.load(self.models_dir, self.version)
+
+
+def new_version(models_dir: Path, tiny: ModelSet, name: str) -> str:
+    """Save the tiny models again under another version name (same weights, new manifest), created on its date."""
+    copy = ModelSet(replace(tiny.manifest, version=name, created=f"{name[:4]}-{name[4:6]}-{name[6:8]}T00:00:00+00:00"),
+                    tiny.cnn, tiny.rnn)
+    modelstore.save(models_dir, copy)
+    return name
 
 
 @pytest.fixture(scope="session")

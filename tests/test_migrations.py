@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.orm import Session
 
 from spamd.db import migrate
 from spamd.db.engine import make_engine
-from spamd.db.schema import Base
+from spamd.db.schema import Base, ModelVersion
 from spamd.db.store import open_store
 from spamd.errors import SchemaOutOfDate
 from tests.fixtures_db import write_config
@@ -93,3 +95,22 @@ def test_commands_refuse_an_out_of_date_schema_and_db_upgrade_fixes_it(
     assert upgraded.exit_code == 0, upgraded.output
     assert f"schema {migrate.head()} (at head)" in run(main, ["db", "current", "--config", config]).stdout
     assert run(main, ["--config", config, "logs"]).exit_code == 0
+
+
+def test_going_below_0003_turns_pruned_versions_back_into_what_they_were(empty_db: Callable[[], str]) -> None:
+    url = empty_db()
+    migrate.upgrade(url)
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    engine = make_engine(url)
+    with Session(engine) as s, s.begin():
+        for name, status, activated in (("v1", "pruned", t), ("v2", "pruned", None), ("v3", "active", t)):
+            s.add(ModelVersion(version=name, kind="cnn+rnn", path=name, sha256="0" * 64, created_at=t,
+                               trained_on_labels=0, metrics={}, status=status, activated_at=activated,
+                               pruned_at=t if status == "pruned" else None))
+    engine.dispose()
+    migrate.downgrade(url, "0002")  # an older spamd knows no "pruned"
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = {v: st for v, st in conn.execute(text("SELECT version, status FROM model_versions"))}
+    engine.dispose()
+    assert rows == {"v1": "retired", "v2": "candidate", "v3": "active"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,7 @@ from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.schema import ModelFile
 from spamd.errors import ModelIntegrityError, ModelNotFound
-from spamd.modelstore import ModelSet
-from tests.fixtures_models import TrainedTiny
-
-
-def new_version(models_dir: Path, tiny: ModelSet, name: str) -> str:
-    """Save the tiny models again under another version name (same weights, new manifest)."""
-    copy = ModelSet(replace(tiny.manifest, version=name, created=f"{name[:4]}-{name[4:6]}-{name[6:8]}T00:00:00+00:00"),
-                    tiny.cnn, tiny.rnn)
-    modelstore.save(models_dir, copy)
-    return name
+from tests.fixtures_models import TrainedTiny, new_version
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ from spamd.db.engine import make_engine
 from spamd.db.labels import prepare
 from spamd.db.schema import ModelFile, TrainingRun
 from spamd.retrain import holdout, job, lock
-from tests.fixtures_models import fixture_mail
+from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.fixtures_retrain import label
+from tests.test_prune import R1, R2, A, B, C, D, S, build, on_disk, statuses
 
 
 def label_fixture_mail(db_url: str, flip_training_part: bool = False, fraction: float = 0.25) -> None:
@@ -74,6 +75,35 @@ def test_a_good_candidate_is_promoted_and_recorded(retrain_cfg: Callable[..., Co
         names = set(s.scalars(select(ModelFile.name).where(ModelFile.version == out.candidate)))
     engine.dispose()
     assert names == {"manifest.json", "cnn.safetensors", "rnn.safetensors"}
+
+
+def test_the_job_prunes_old_versions_after_a_promotion(retrain_cfg: Callable[..., Config], models_dir: Path,
+                                                       tiny_trained: TrainedTiny) -> None:
+    cfg = retrain_cfg(epochs=10, gate_auc_tolerance=0.05, gate_fpr_tolerance=0.1, keep_versions=1)
+    engine = make_engine(cfg.database_url)
+    build(engine, models_dir, tiny_trained)  # the history in tests/test_prune.py, D active
+    label_fixture_mail(cfg.database_url)
+    out = job.run(cfg)
+    assert out.outcome == "promoted" and out.active == D, out
+    # The candidate is active, D (just retired) is the rollback target, S the starter, C the one kept.
+    assert out.pruned == (R1, R2, A, B)
+    assert on_disk(models_dir) == [S, C, D] and out.candidate in modelstore.list_versions(models_dir)
+    assert {v: st for v, st in statuses(engine).items() if st == "pruned"} == dict.fromkeys((R1, R2, A, B), "pruned")
+    engine.dispose()
+
+
+def test_the_job_prunes_after_a_failed_run_too_unless_told_to_keep_all(retrain_cfg: Callable[..., Config],
+                                                                       models_dir: Path,
+                                                                       tiny_trained: TrainedTiny) -> None:
+    engine = make_engine(retrain_cfg().database_url)
+    build(engine, models_dir, tiny_trained)
+    label(retrain_cfg().database_url, fixture_mail("train", "spam"), "spam")  # no ham: training fails at once
+    kept_all = job.run(retrain_cfg(keep_versions=0))
+    assert kept_all.outcome == "failed" and kept_all.pruned == () and "pruned" not in statuses(engine).values()
+    out = job.run(retrain_cfg(keep_versions=1))
+    assert out.outcome == "failed" and out.pruned == (R1, R2, A)
+    assert on_disk(models_dir) == [S, B, C, D]
+    engine.dispose()
 
 
 def test_a_candidate_trained_on_flipped_labels_is_rejected(retrain_cfg: Callable[..., Config],

@@ -32,9 +32,12 @@ def command(ctx: click.Context, as_json: bool) -> None:
         bar.close()
     if as_json:
         click.echo(json.dumps({"outcome": out.outcome, "run": out.run_id, "active": out.active,
-                               "candidate": out.candidate, "metrics": out.metrics, "error": out.error}, indent=2))
+                               "candidate": out.candidate, "metrics": out.metrics, "error": out.error,
+                               "pruned": list(out.pruned)}, indent=2))
     else:
         click.echo(summary(out.outcome, out.active, out.candidate, out.metrics, out.error))
+        if out.pruned:
+            click.echo(f"pruned: {' '.join(out.pruned)}")
     if out.outcome == "failed":
         sys.exit(EXIT_FAILED)
     if out.outcome == "busy":

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from spamd.db.schema import ModelVersion, TrainingRun
+from spamd.db.schema import ModelFile, ModelVersion, TrainingRun
 from spamd.errors import ModelNotFound
 
-STATUSES = ("candidate", "active", "retired")
+STATUSES = ("candidate", "active", "retired", "pruned")
 OUTCOMES = ("running", "promoted", "rejected", "failed")
 
 
@@ -25,8 +25,15 @@ def get_version(session: Session, version: str) -> ModelVersion | None:
     return session.get(ModelVersion, version)
 
 
-def list_versions(session: Session) -> list[ModelVersion]:
-    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())))
+def lock_version(session: Session, version: str) -> ModelVersion | None:
+    """The row, locked until the transaction ends (PostgreSQL; SQLite has one writer at a time anyway)."""
+    return session.get(ModelVersion, version, with_for_update=True)
+
+
+def list_versions(session: Session, lock: bool = False) -> list[ModelVersion]:
+    """Every version, newest first; `lock`: each row locked until the transaction ends, as by lock_version."""
+    stmt = select(ModelVersion).order_by(ModelVersion.created_at.desc())
+    return list(session.scalars(stmt.with_for_update() if lock else stmt))
 
 
 def active_version(session: Session) -> ModelVersion | None:
@@ -40,7 +47,30 @@ def activate(session: Session, version: str, when: datetime) -> None:
         raise ModelNotFound(f"no model version {version!r} in the registry")
     session.execute(update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.version != version)
                     .values(status="retired"))
-    target.status, target.activated_at = "active", when
+    target.status, target.activated_at, target.pruned_at = "active", when, None
+
+
+def rollback_target(session: Session, current: ModelVersion) -> ModelVersion | None:
+    """The version a rollback from `current` goes back to: the newest older one that was ever active.
+
+    A pruned version has no files left, so rollback steps over it to the next one.
+    """
+    stmt = (select(ModelVersion).where(ModelVersion.activated_at.is_not(None),
+                                       ModelVersion.created_at < current.created_at,
+                                       ModelVersion.version != current.version,
+                                       ModelVersion.status != "pruned")
+            .order_by(ModelVersion.created_at.desc()))
+    return session.scalars(stmt).first()
+
+
+def mark_pruned(session: Session, version: ModelVersion, when: datetime) -> None:
+    """The version's files leave the database; its row stays, as `pruned`, for the history that names it."""
+    version.status, version.pruned_at = "pruned", when
+    session.execute(delete(ModelFile).where(ModelFile.version == version.version))
+
+
+def pruned_versions(session: Session) -> set[str]:
+    return set(session.scalars(select(ModelVersion.version).where(ModelVersion.status == "pruned")))
 
 
 def start_run(session: Session, when: datetime, active: str | None, labels: int) -> TrainingRun:

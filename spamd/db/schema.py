@@ -102,7 +102,10 @@ class ScoreLog(Base):
 
 
 class ModelVersion(Base):
-    """A trained model version in the registry (its files live under models/VERSION/)."""
+    """A trained model version in the registry (its files live under models/VERSION/).
+
+    A pruned version keeps its row (training runs and score logs name it); only its files are gone.
+    """
 
     __tablename__ = "model_versions"
 
@@ -113,8 +116,9 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     trained_on_labels: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # candidate, active, retired
-    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # candidate, active, retired, pruned
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the last time it became active
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TrainingRun(Base):

@@ -1,9 +1,12 @@
 """The retrain job: lock, record the run, train a candidate in a child process, gate it, promote or keep it.
 
     promoted   the candidate passed the gate and is the active version now
-    rejected   the gate kept the active version (the candidate stays registered, inactive)
+    rejected   the gate kept the active version (the candidate stays registered, inactive, until pruned)
     failed     training could not finish; nothing changed
     busy       another trainer holds the lock; no run was recorded
+
+Whatever the outcome (busy aside), old versions are then pruned to [training] keep_versions
+while the lock is still held (`spamd.prune`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -19,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from spamd import registry
+from spamd import prune, registry
 from spamd.config import Config
 from spamd.db import registry as repo
 from spamd.db.labels import count_since
@@ -41,6 +44,7 @@ class Outcome:
     candidate: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    pruned: tuple[str, ...] = ()  # old versions pruned after the run
 
 
 def run(cfg: Config, progress: Progress | None = None,
@@ -51,7 +55,8 @@ def run(cfg: Config, progress: Progress | None = None,
         if held is None:
             return Outcome("busy", error="another trainer holds the lock")
         try:
-            return _locked(cfg, engine, held, progress, on_start)
+            out = _locked(cfg, engine, held, progress, on_start)
+            return replace(out, pruned=_prune(cfg, engine))
         except SQLAlchemyError as exc:
             raise unreachable(cfg.database_url, exc) from exc
         finally:
@@ -98,3 +103,15 @@ def _failed(engine: Engine, run_id: int, active: str | None, error: str, started
     with Session(engine) as s, s.begin():
         repo.finish_run(s, run_id, registry.now(), "failed", None, found, error)
     return Outcome("failed", run_id, active, None, found, error)
+
+
+def _prune(cfg: Config, engine: Engine) -> tuple[str, ...]:
+    """Prune old versions, the run's candidate among those judged; a failure here is logged, the run stands."""
+    keep = cfg.training.keep_versions
+    if not keep:
+        return ()
+    try:
+        return tuple(prune.prune(engine, cfg.models_dir, keep).was)
+    except (SpamdError, SQLAlchemyError, OSError) as exc:
+        log.error("pruning old model versions failed: %s", exc)
+        return ()

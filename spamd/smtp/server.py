@@ -192,7 +192,8 @@ def watch_models(daemon: Daemon, models: ModelSet | None) -> ModelWatcher:
     """Polls the model registry; a newly promoted version is loaded as SIGHUP loads one."""
     cfg = daemon.cfg
     return ModelWatcher(cfg.database_url, cfg.models_dir, cfg.training.poll_interval,
-                        models.version if models else None, lambda _version: daemon.reload(daemon.cfg))
+                        models.version if models else None, lambda _version: daemon.reload(daemon.cfg),
+                        sweep=bool(cfg.training.keep_versions))
 
 
 async def _reload(daemon: Daemon, config_path: str | None) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 
-RnnRule = Literal["never", "uncertain", "long", "always"]
+from spamd.config import RnnRule
+
 RNN_RULES: tuple[RnnRule, ...] = ("never", "uncertain", "long", "always")
 
 

@@ -18,6 +18,9 @@ from spamd.errors import ConfigError
 ENV_VAR = "SPAMD_CONFIG"
 # [delivery] tls, after Postfix's smtp_tls_security_level (spamd/smtp/tls.py says what each does).
 TlsLevel = Literal["none", "may", "encrypt", "verify"]
+# [scoring] rnn_rule: when the RNN is consulted (spamd/combine.py); on_failure: what a failed scoring does.
+RnnRule = Literal["never", "uncertain", "long", "always"]
+OnFailure = Literal["pass", "tempfail"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,12 @@ class DeliveryConfig:
 class ScoringConfig:
     enabled: bool = True
     models_dir: str = "models"
-    rnn_rule: str = "uncertain"
+    rnn_rule: RnnRule = "uncertain"
     uncertain_band: tuple[float, float] = (0.05, 0.95)
     spam_threshold: float | None = None
     reject_threshold: float | None = None
     subject_tag: str = ""
-    on_failure: str = "pass"
+    on_failure: OnFailure = "pass"
     timeout: float = 10.0
     threads: int = 1
     batch_max: int = 32

@@ -50,6 +50,9 @@ def test_tls_takes_the_levels_by_name(tmp_path: Path) -> None:
     ("[scoring]\nuncertain_band = [1]\n", "two numbers"),
     ("[delivery]\ntls = 'maybe'\n", r"delivery.tls has a bad value 'maybe' \(expected one of 'none', 'may', "),
     ("[delivery]\ntls = true\n", "delivery.tls has a bad value True"),
+    # A misspelt rule or failure mode would otherwise mean "never consult the RNN" or "pass".
+    ("[scoring]\nrnn_rule = 'sometimes'\n", r"rnn_rule has a bad value 'sometimes' \(expected one of 'never'"),
+    ("[scoring]\non_failure = 'drop'\n", r"on_failure has a bad value 'drop' \(expected one of 'pass', 'tempfail'"),
     ("[scoring]\nnope = 1\n", "unknown config key"),
     ("[nope]\nx = 1\n", "unknown config key"),
     ("scoring = 3\n", "must be a table"),

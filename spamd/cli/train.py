@@ -46,7 +46,7 @@ def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], par
         threads=cfg.training.threads,
         device=device,
         tokenizer=tok,
-        policy=ScoringPolicy(rnn_rule=cfg.scoring.rnn_rule, uncertain_band=cfg.scoring.uncertain_band),  # type: ignore[arg-type]
+        policy=ScoringPolicy(rnn_rule=cfg.scoring.rnn_rule, uncertain_band=cfg.scoring.uncertain_band),
     )
     bar = Bar(disable=not sys.stderr.isatty())
     models = train(samples, tcfg, parent=parent_models, progress=bar)

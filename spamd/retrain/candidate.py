@@ -76,7 +76,7 @@ def train_config(cfg: Config, parent: ModelSet | None, tok: TokenizerConfig) -> 
 
 def scoring_policy(cfg: Config) -> ScoringPolicy:
     s = cfg.scoring
-    return ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)  # type: ignore[arg-type]
+    return ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)
 
 
 def evaluate(models: ModelSet, held: list[Sample], policy: ScoringPolicy) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def make_scorer(cfg: Config, models: ModelSet | None) -> Scorer | None:
     if models is None:
         return None
     s = cfg.scoring
-    policy = ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)  # type: ignore[arg-type]
+    policy = ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)
     return Scorer(models, policy)
 
 

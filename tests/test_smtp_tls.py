@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socketserver
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,6 +92,59 @@ def test_required_tls_not_offered_answers_451(level: TlsLevel, tmp_path: Path, c
         assert refused_at_mail(p.port) == replies.DOWNSTREAM_NO_TLS
     assert down.messages == [] and down.data_started == 0
     assert f'offers no STARTTLS ([delivery] tls = "{level}")' in spamd_log(caplog)
+
+
+class BrokenStarttls(socketserver.ThreadingTCPServer):
+    """A downstream that offers STARTTLS and then fails it: it answers STARTTLS with `answer`, and
+    after a 220 sends bytes that are not TLS. It counts the commands it is sent in plain after that."""
+
+    daemon_threads = True
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer, self.after_starttls = answer, []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(h) -> None:
+                h.wfile.write(b"220 broken ESMTP\r\n")
+                started = False
+                for line in h.rfile:
+                    if started:
+                        self.after_starttls.append(line)
+                    word = line.split()[0].upper() if line.split() else b""
+                    if word == b"EHLO":
+                        h.wfile.write(b"250-broken\r\n250 STARTTLS\r\n")
+                    elif word == b"STARTTLS":
+                        started = True
+                        h.wfile.write(self.answer + (b"this is not TLS\r\n" if self.answer.startswith(b"220") else b""))
+                    elif word == b"QUIT":
+                        h.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        h.wfile.write(b"250 ok\r\n")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.parametrize("answer", [b"220 2.0.0 go ahead\r\n", b"454 4.7.0 TLS not available now\r\n"],
+                         ids=["handshake-fails", "starttls-refused"])
+def test_may_answers_451_when_an_offered_starttls_fails(answer: bytes, tmp_path: Path, proxy, caplog):
+    # "may" encrypts when offered; when what was offered then fails, it answers 451 (the client
+    # retries) and sends nothing in plain on that connection.
+    down = BrokenStarttls(answer)
+    try:
+        p = proxy(tls_config(tmp_path, down.url, "may"), models=False)
+        with caplog.at_level(logging.ERROR, logger="spamd.smtp"):
+            assert refused_at_mail(p.port) == replies.DOWNSTREAM_TLS_FAILED
+    finally:
+        down.shutdown()
+        down.server_close()
+    assert not any(line.upper().startswith((b"MAIL", b"RCPT", b"DATA")) for line in down.after_starttls)
+    assert 'STARTTLS failed' in spamd_log(caplog) and '([delivery] tls = "may")' in spamd_log(caplog)
 
 
 @pytest.mark.parametrize("level, trusted", [("verify", True), ("encrypt", False)])

@@ -35,6 +35,7 @@ class SmtpConfig:
     drain_timeout: float = 60.0
     workers: int = 2
     pin_workers: bool = True
+    xforward_hosts: tuple[str, ...] = ("127.0.0.0/8", "::1")  # clients that may send XFORWARD
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} has a bad value {value!r} (expected one of {', '.join(map(repr, get_args(hint)))})")
     text = str(hint)
+    if text == "tuple[str, ...]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key} must be a list of strings")
     if "tuple" in text:
         if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
             return (float(value[0]), float(value[1]))

@@ -54,6 +54,7 @@ class Captured:
     rcpt_tos: tuple[str, ...]
     content: bytes
     tls: str | None = None  # the session's TLS version ("TLSv1.3"), None when it was plain
+    xforward: dict[str, str] = field(default_factory=dict)  # XFORWARD attributes as sent (xtext), for this message
 
 
 @dataclass
@@ -61,11 +62,24 @@ class Behaviour:
     refuse: dict[str, str] = field(default_factory=dict)  # recipient → the reply to RCPT
     data_reply: str | None = None  # e.g. "451 4.3.0 Try later": answered instead of accepting
     data_delay: float = 0.0  # seconds before answering DATA
+    xforward_reply: str = "250 2.0.0 Ok"  # the answer to XFORWARD (when the server offers it)
 
 
 class _CaptureHandler:
     def __init__(self, server: CaptureServer) -> None:
         self.server = server
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.server.xforward:
+            responses.insert(len(responses) - 1, f"250-XFORWARD {self.server.xforward}")
+        return responses
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, _WideSMTP)
+        server.forwarded.clear()  # XFORWARD's attributes end with the transaction, as in Postfix
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -85,8 +99,10 @@ class _CaptureHandler:
             return b.data_reply
         # After STARTTLS aiosmtpd's transport is the TLS one, so this sees both ways of encrypting.
         tls = server.transport.get_extra_info("ssl_object") if server.transport else None
+        assert isinstance(server, _WideSMTP)
         item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""),
-                        tls.version() if tls else None)
+                        tls.version() if tls else None, dict(server.forwarded))
+        server.forwarded.clear()
         with self.server.lock:
             self.server.messages.append(item)
         return "250 2.0.0 Ok: queued"
@@ -97,7 +113,14 @@ class _WideSMTP(SMTP):
 
     def __init__(self, handler: Any, owner: CaptureServer, **kwargs: Any) -> None:
         self.owner = owner
+        self.forwarded: dict[str, str] = {}  # XFORWARD's attributes for the transaction to come
         super().__init__(handler, **kwargs)
+
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        reply = self.owner.behaviour.xforward_reply
+        if reply.startswith("250"):
+            self.forwarded.update(item.split("=", 1) for item in arg.split())
+        await self.push(reply)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # not STARTTLS's second call for the same connection
@@ -115,8 +138,9 @@ class _WideSMTP(SMTP):
 class CaptureServer:
     """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
 
-    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False) -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "") -> None:
         self.tls_context, self.implicit = tls_context, implicit
+        self.xforward = xforward  # the XFORWARD attributes it offers in EHLO ("": it does not)
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
@@ -237,8 +261,8 @@ def capture() -> Iterator[Callable[..., CaptureServer]]:
     """Factory of capturing downstream servers, all closed at the end of the test."""
     made: list[CaptureServer] = []
 
-    def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False) -> CaptureServer:
-        made.append(CaptureServer(tls_context, implicit))
+    def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "") -> CaptureServer:
+        made.append(CaptureServer(tls_context, implicit, xforward))
         return made[-1]
 
     yield make

@@ -53,6 +53,7 @@ def test_tls_takes_the_levels_by_name(tmp_path: Path) -> None:
     # A misspelt rule or failure mode would otherwise mean "never consult the RNN" or "pass".
     ("[scoring]\nrnn_rule = 'sometimes'\n", r"rnn_rule has a bad value 'sometimes' \(expected one of 'never'"),
     ("[scoring]\non_failure = 'drop'\n", r"on_failure has a bad value 'drop' \(expected one of 'pass', 'tempfail'"),
+    ("[smtp]\nxforward_hosts = '127.0.0.1'\n", "smtp.xforward_hosts must be a list of strings"),
     ("[scoring]\nnope = 1\n", "unknown config key"),
     ("[nope]\nx = 1\n", "unknown config key"),
     ("scoring = 3\n", "must be a table"),

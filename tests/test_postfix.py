@@ -11,6 +11,7 @@ SPAMD_REQUIRE_POSTFIX is unset; CI (.ci/run) installs it and sets the variable.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import smtplib
 import subprocess
@@ -130,6 +131,11 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
         assert len(log_id) > 8
     assert postfix.queue() == []
     assert "relay=127.0.0.1[127.0.0.1]" in postfix.log()  # it really went through the spamd transport
+    # XFORWARD: Postfix told spamd each message's original client and queue id, and spamd passed
+    # them on: the reinjecting smtpd logs them (orig_queue_id is the id the spamd transport sent).
+    sent = re.findall(r"postfix/spamd/smtp\[\d+\]: (\w+): to=<", postfix.log())
+    assert len(sent) == 2 and all(f"orig_queue_id={qid}, orig_client=localhost[127.0.0.1]" in postfix.log()
+                                  for qid in sent), postfix.log()
 
     # The way back: bob moves the ham into Junk and the spam out of it; Dovecot's sieve pipes
     # each delivered message, headers and all, to the scripts in deploy/dovecot/.

@@ -10,6 +10,7 @@ DATA could not reach the client, and would become "250 and drop"). Two implement
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,9 +55,10 @@ class Transaction(Protocol):
 
 
 class Downstream(Protocol):
-    """Where scored mail goes. `begin` answers the MAIL command: a Transaction, or why not."""
+    """Where scored mail goes. `begin` answers the MAIL command: a Transaction, or why not.
+    `forwarded`: the XFORWARD attributes the client gave for this transaction (none: {})."""
 
-    async def begin(self, sender: str, options: list[str]) -> Transaction | Reply: ...
+    async def begin(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply: ...
 
     async def close(self) -> None: ...
 

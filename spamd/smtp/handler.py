@@ -1,7 +1,9 @@
 """The aiosmtpd handler: the whole flow of one message, top-down, each hook's string is its reply.
 
 MAIL opens a downstream transaction and RCPT asks the downstream about each recipient, so
-the client hears the truth per recipient. At the end of DATA: strip forged X-Spam-* headers,
+the client hears the truth per recipient. XFORWARD from an MTA in [smtp] xforward_hosts names
+the original client for the next transaction (xforward.py): it is logged as the message's
+client and passed on to the downstream. At the end of DATA: strip forged X-Spam-* headers,
 score (batched, off the loop), decide, then act (reject, tempfail, or add headers and send),
 log one score-log row, and answer with what the downstream answered.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -19,7 +22,7 @@ from spamd.errors import ScoringError
 from spamd.mail.headers import strip_spam_headers
 from spamd.scorelog import ScoreLogRow, ScoreLogSink, new_log_id
 from spamd.scorer import Verdict
-from spamd.smtp import replies
+from spamd.smtp import replies, xforward
 from spamd.smtp.actions import Action, ActionPolicy, decide, message_id, rewrite, verdict_headers
 from spamd.smtp.batcher import Batcher
 from spamd.smtp.forward import Downstream, Reply, Transaction
@@ -30,21 +33,44 @@ score_log = logging.getLogger("spamd.score")
 
 class ProxyHandler:
     def __init__(self, batcher: Batcher, downstream: Downstream, sink: ScoreLogSink, policy: ActionPolicy,
-                 scoring_timeout: float, max_recipients: int) -> None:
+                 scoring_timeout: float, max_recipients: int,
+                 xforward_hosts: Sequence[xforward.Network] = ()) -> None:
         self.batcher, self.downstream, self.sink = batcher, downstream, sink
         self.policy = policy  # replaced on reload
         self.scoring_timeout, self.max_recipients = scoring_timeout, max_recipients
+        self.xforward_hosts = xforward_hosts
         self.draining = False
         self._open: dict[Session, Transaction] = {}  # transactions between MAIL and the end of DATA
+        self._forwarded: dict[Session, dict[str, str]] = {}  # XFORWARD attributes for the next transaction
         self._idle = asyncio.Event()
         self._idle.set()
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # this hook's part of EHLO (aiosmtpd's "new" hook)
+        await self._abort(session)  # EHLO ends a transaction in progress, as RSET does
+        if xforward.authorized(session.peer, self.xforward_hosts):
+            responses.insert(len(responses) - 1, "250-" + xforward.EHLO_LINE)
+        return responses
+
+    async def handle_XFORWARD(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        if not xforward.authorized(session.peer, self.xforward_hosts):
+            return replies.XFORWARD_REFUSED
+        if session in self._open:
+            return replies.XFORWARD_IN_TRANSACTION
+        try:
+            attrs = xforward.parse(arg)
+        except ValueError as exc:
+            return f"{replies.XFORWARD_SYNTAX} ({exc})"
+        self._forwarded.setdefault(session, {}).update(attrs)
+        return replies.XFORWARD_OK
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         if self.draining:
             return replies.SHUTTING_DOWN
         await self._abort(session)  # EHLO in mid-transaction resets the envelope without RSET
-        begun = await self.downstream.begin(address, mail_options)
+        begun = await self.downstream.begin(address, mail_options, self._forwarded.get(session, {}))
         if isinstance(begun, Reply):
             return begun.line
         self._open[session] = begun
@@ -68,10 +94,12 @@ class ProxyHandler:
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self._abort(session)
+        self._forwarded.pop(session, None)
         return replies.RESET_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.perf_counter()
+        forwarded = self._forwarded.get(session)
         try:
             raw = strip_spam_headers(envelope.original_content or b"")
             mid = message_id(raw)
@@ -82,7 +110,8 @@ class ProxyHandler:
         finally:
             self._close(session)
         latency = (time.perf_counter() - started) * 1000
-        self._log(session, envelope, raw, mid, log_id, verdict, action, reply, error, latency)
+        client = xforward.client_addr(forwarded) if forwarded else _peer(session)
+        self._log(envelope, client, raw, mid, log_id, verdict, action, reply, error, latency)
         return reply.line
 
     async def _score(self, raw: bytes, mid: str) -> tuple[Verdict | None, str]:
@@ -113,15 +142,15 @@ class ProxyHandler:
         tag = self.policy.subject_tag if action is Action.TAG else ""
         return await txn.send(rewrite(raw, verdict_headers(verdict, log_id), tag))
 
-    def _log(self, session: Session, envelope: Envelope, raw: bytes, mid: str, log_id: str,
+    def _log(self, envelope: Envelope, client: str, raw: bytes, mid: str, log_id: str,
              verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:
         outcome, failure = _outcome(action, reply)
-        log.info("%s id=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, envelope.mail_from,
-                 len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
+        log.info("%s id=%s client=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, client or "-",
+                 envelope.mail_from, len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
                  f"{verdict.score:.4f}" if verdict else "-", reply.line, latency)
         self.sink.submit(ScoreLogRow(
             id=log_id, time=ScoreLogRow.now(), message_id=mid, sender=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos), client_addr=_peer(session), size=len(raw),
+            recipients=tuple(envelope.rcpt_tos), client_addr=client, size=len(raw),
             cnn_score=verdict.cnn if verdict else None, rnn_score=verdict.rnn if verdict else None,
             score=verdict.score if verdict else None, verdict=verdict.label if verdict else "unknown",
             action=outcome, long_context=verdict.long_context if verdict else False,
@@ -136,16 +165,18 @@ class ProxyHandler:
             self._close(session)
 
     def _close(self, session: Session) -> None:
+        """The transaction is over (its DATA reply, RSET, or the client gone): XFORWARD's attributes with it."""
         self._open.pop(session, None)
+        self._forwarded.pop(session, None)
         if not self._open:
             self._idle.set()
 
     def session_closed(self, session: Session) -> None:
         """The client went away: a transaction it left open is dropped (nothing was accepted)."""
-        txn = self._open.get(session)
+        txn = self._open.pop(session, None)
         if txn is not None:
             txn.discard()
-            self._close(session)
+        self._close(session)
 
     async def drained(self) -> None:
         """Wait until no transaction is open (used by SIGTERM after new ones are refused)."""

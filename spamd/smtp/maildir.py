@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from spamd.smtp import replies
@@ -64,7 +65,7 @@ class MaildirDownstream:
         self.root = root
         self._ready = False
 
-    async def begin(self, sender: str, options: list[str]) -> Transaction | Reply:
+    async def begin(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply:
         if not self._ready:
             try:
                 await asyncio.to_thread(ensure_maildir, self.root)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from spamd.smtp import replies
 
@@ -81,6 +81,14 @@ class SpamdSMTP(SMTP):
         if self.session is not None:
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Postfix's XFORWARD (spamd/smtp/xforward.py): the handler decides, as for MAIL and RCPT."""
+        if await self.check_helo_needed("EHLO"):
+            return
+        status = await self._call_handler_hook("XFORWARD", arg or "")
+        await self.push("502 5.5.1 XFORWARD not implemented" if status is MISSING else status)
 
     async def smtp_DATA(self, arg: str) -> None:
         # The handler's transaction ends before aiosmtpd writes its reply; a drain must wait

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Mapping
 
 from aiosmtplib import SMTP, SMTPConnectError, SMTPException, SMTPResponseException, SMTPServerDisconnected
 
 from spamd.errors import DeliveryTempFail
-from spamd.smtp import replies
+from spamd.smtp import replies, xforward
 from spamd.smtp.forward import Reply, Transaction
 from spamd.smtp.tls import DownstreamTls
 
@@ -108,15 +109,15 @@ class SmtpDownstream:
         self._idle: list[SMTP] = []
         self._slots = asyncio.Semaphore(max(1, pool_size))
 
-    async def begin(self, sender: str, options: list[str]) -> Transaction | Reply:
+    async def begin(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout)
         except TimeoutError:
             log.error("no free connection to the downstream within %.0fs", self.timeout)
             return UNAVAILABLE
-        return await self._mail(sender, options)
+        return await self._mail(sender, options, forwarded)
 
-    async def _mail(self, sender: str, options: list[str]) -> Transaction | Reply:
+    async def _mail(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply:
         """MAIL FROM on a pooled connection, or on a new one if the pooled one was closed meanwhile.
 
         Holds a slot; every way out but a transaction frees it (a transaction frees it at its end).
@@ -125,6 +126,7 @@ class SmtpDownstream:
             client = self._pop_idle() if pooled else None
             try:
                 client = client or await self._connect()
+                await self._xforward(client, forwarded)
                 resp = await client.execute_command(b"MAIL", b"FROM:<" + _addr(sender) + b">",
                                                     *self._options(client, options))
             except SMTPServerDisconnected:
@@ -193,6 +195,19 @@ class SmtpDownstream:
 
     def _tls_failed(self, reply: Reply, why: str) -> DeliveryTempFail:
         return DeliveryTempFail(f'{why} ([delivery] tls = "{self.tls.level}")', reply.code, reply.text)
+
+    async def _xforward(self, client: SMTP, forwarded: Mapping[str, str]) -> None:
+        """Pass the client's XFORWARD attributes on, where the downstream offers XFORWARD (it
+        resets them after the transaction, so a pooled connection carries nothing over). They
+        only inform its logs: a refusal is logged, and the message goes on without them."""
+        offered = client.esmtp_extensions.get("xforward")
+        if not forwarded or offered is None:
+            return
+        for args in xforward.commands(forwarded, offered):
+            resp = await client.execute_command(b"XFORWARD", *args)
+            if resp.code != 250:
+                log.warning("downstream %s:%s refused XFORWARD: %s %s", self.host, self.port, resp.code, resp.message)
+                return
 
     @staticmethod
     def _options(client: SMTP, options: list[str]) -> list[bytes]:

@@ -39,3 +39,9 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 
 # SIGTERM: no new transactions; the ones in flight finish first.
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+# XFORWARD (spamd/smtp/xforward.py), as Postfix's smtpd answers it.
+XFORWARD_OK = "250 2.0.0 Ok"
+XFORWARD_REFUSED = "550 5.7.0 Error: insufficient authorization"  # a client outside [smtp] xforward_hosts
+XFORWARD_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+XFORWARD_SYNTAX = "501 5.5.4 Syntax: XFORWARD attribute=value..."

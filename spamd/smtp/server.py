@@ -23,7 +23,7 @@ from spamd.modelstore import ModelSet
 from spamd.registry import ModelWatcher
 from spamd.scorelog import ScoreLogSink
 from spamd.scorer import Scorer, ScoringPolicy
-from spamd.smtp import replies
+from spamd.smtp import replies, xforward
 from spamd.smtp.actions import ActionPolicy
 from spamd.smtp.batcher import Batcher
 from spamd.smtp.forward import Downstream, open_downstream
@@ -104,7 +104,7 @@ class Daemon:
         batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
         downstream = open_downstream(cfg)
         handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
-                               cfg.scoring.timeout, cfg.smtp.max_recipients)
+                               cfg.scoring.timeout, cfg.smtp.max_recipients, xforward.networks(cfg.smtp.xforward_hosts))
         conns = Connections(cfg.smtp.max_connections)
 
         def protocol() -> SpamdSMTP:

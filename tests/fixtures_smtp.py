@@ -55,6 +55,7 @@ class Captured:
     content: bytes
     tls: str | None = None  # the session's TLS version ("TLSv1.3"), None when it was plain
     xforward: dict[str, str] = field(default_factory=dict)  # XFORWARD attributes as sent (xtext), for this message
+    mail_options: tuple[str, ...] = ()  # MAIL FROM's parameters (SMTPUTF8, BODY=...)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class _CaptureHandler:
         tls = server.transport.get_extra_info("ssl_object") if server.transport else None
         assert isinstance(server, _WideSMTP)
         item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""),
-                        tls.version() if tls else None, dict(server.forwarded))
+                        tls.version() if tls else None, dict(server.forwarded), tuple(envelope.mail_options))
         server.forwarded.clear()
         with self.server.lock:
             self.server.messages.append(item)
@@ -138,9 +139,11 @@ class _WideSMTP(SMTP):
 class CaptureServer:
     """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
 
-    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "") -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
+                 smtputf8: bool = True) -> None:
         self.tls_context, self.implicit = tls_context, implicit
         self.xforward = xforward  # the XFORWARD attributes it offers in EHLO ("": it does not)
+        self.smtputf8 = smtputf8  # offers SMTPUTF8, as Postfix does by default
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
@@ -162,7 +165,8 @@ class CaptureServer:
         async def go() -> asyncio.Server:
             loop = asyncio.get_running_loop()
             return await loop.create_server(
-                lambda: _WideSMTP(_CaptureHandler(self), self, hostname="capture", tls_context=starttls, loop=loop),
+                lambda: _WideSMTP(_CaptureHandler(self), self, hostname="capture", tls_context=starttls,
+                                  enable_SMTPUTF8=self.smtputf8, loop=loop),
                 "127.0.0.1", self.port, reuse_address=True, ssl=self.tls_context if self.implicit else None)
 
         self._server = self._lt.call(go())
@@ -261,8 +265,9 @@ def capture() -> Iterator[Callable[..., CaptureServer]]:
     """Factory of capturing downstream servers, all closed at the end of the test."""
     made: list[CaptureServer] = []
 
-    def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "") -> CaptureServer:
-        made.append(CaptureServer(tls_context, implicit, xforward))
+    def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
+             smtputf8: bool = True) -> CaptureServer:
+        made.append(CaptureServer(tls_context, implicit, xforward, smtputf8))
         return made[-1]
 
     yield make

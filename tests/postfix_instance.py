@@ -42,7 +42,6 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 alias_maps =
 alias_database =
-smtputf8_enable = no
 # The queue manager looks for work every second; deferred mail waits a minute (or `postqueue -f`).
 queue_run_delay = 1s
 minimal_backoff_time = 60s

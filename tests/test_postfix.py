@@ -213,3 +213,19 @@ def test_the_production_config_loads_and_matches_the_postfix_snippets():
     for mode in ("after-queue", "before-queue"):
         assert "127.0.0.1]:10025" in snippet(mode, "main.cf") or "=127.0.0.1:10025" in snippet(mode, "master.cf")
         assert "\n127.0.0.1:10026 inet" in snippet(mode, "master.cf")
+
+
+@pytest.mark.slow
+@needs_postfix
+def test_after_queue_passes_internationalised_mail_on(mail_system: Callable[..., Setup]):
+    # Mail that arrives with SMTPUTF8 (a UTF-8 sender) is relayed by Postfix only to a next hop
+    # that offers SMTPUTF8, and bounced otherwise: spamd offers it and passes it on.
+    postfix, spamd = mail_system("after-queue")
+    raw = with_id(fixture_mail("train", "ham")[0], "aq-utf8")
+    with smtplib.SMTP("127.0.0.1", postfix.public_port, timeout=60) as client:
+        assert client.sendmail("jörg@exämple.org", [MAILBOX], raw, mail_options=["SMTPUTF8"]) == {}
+    delivered = postfix.wait_delivered(1)
+    assert [header(m, b"X-Test-Id") for m in delivered] == [b"aq-utf8"], postfix.log() + spamd.log()
+    assert header(delivered[0], b"X-Spam-Flag") in (b"YES", b"NO")
+    assert header(delivered[0], b"Return-Path") == "<jörg@exämple.org>".encode()
+    assert postfix.queue() == []

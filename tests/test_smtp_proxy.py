@@ -122,3 +122,42 @@ def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: 
         send(p.port, raw)
     assert len(down.wait_for(5)) == 5
     assert down.connections == 1
+
+
+UTF8_MAIL = ("Subject: Grüße aus Köln\r\nFrom: Jörg <jörg@exämple.org>\r\nMessage-ID: <u1@example.org>\r\n"
+             "Content-Type: text/plain; charset=utf-8\r\n\r\nBis morgen, schöne Grüße.\r\n").encode()
+
+
+def test_smtputf8_mail_is_scored_and_passed_on_with_its_utf8_envelope(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                                        capture, proxy):
+    # Postfix relays mail that arrived with SMTPUTF8 only to a next hop that offers it, and
+    # bounces it otherwise: a filter without SMTPUTF8 would bounce internationalised mail.
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.has_extn("smtputf8")
+        assert client.sendmail("jörg@exämple.org", ["bob@example.net", "zoë@example.net"], UTF8_MAIL,
+                               mail_options=["SMTPUTF8"]) == {}
+    [item] = down.wait_for(1)
+    assert (item.mail_from, item.rcpt_tos) == ("jörg@exämple.org", ("bob@example.net", "zoë@example.net"))
+    assert "SMTPUTF8" in item.mail_options and item.content.endswith(UTF8_MAIL)
+    [row] = p.sink.rows
+    assert row.sender == "jörg@exämple.org" and row.verdict in ("ham", "spam")
+
+
+def test_a_utf8_sender_for_a_downstream_without_smtputf8_is_refused_not_mangled(tiny_trained: TrainedTiny,
+                                                                                 tmp_path: Path, capture, proxy):
+    down = capture(smtputf8=False)
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:
+            client.sendmail("jörg@exämple.org", ["bob@example.net"], UTF8_MAIL, mail_options=["SMTPUTF8"])
+        assert (err.value.smtp_code, err.value.smtp_error) == (553, b"5.6.7 Downstream mail server does not "
+                                                                    b"support SMTPUTF8")
+        client.rset()
+        # An ASCII envelope needs no SMTPUTF8: it goes on without the parameter.
+        assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL, mail_options=["SMTPUTF8"]) == {}
+    [item] = down.wait_for(1)
+    assert item.mail_from == "joerg@example.org" and "SMTPUTF8" not in item.mail_options
+    assert down.connections == 1  # the refusal gave its connection back to the pool

@@ -32,6 +32,7 @@ log = logging.getLogger("spamd.smtp")
 UNAVAILABLE = Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
 NO_TLS = Reply.parse(replies.DOWNSTREAM_NO_TLS)
 TLS_FAILED = Reply.parse(replies.DOWNSTREAM_TLS_FAILED)
+NO_SMTPUTF8 = Reply.parse(replies.DOWNSTREAM_NO_SMTPUTF8)
 # Raised by a connection that fails in any way; each is answered 451, never 250.
 FAILURES = (SMTPException, OSError, TimeoutError)
 
@@ -126,6 +127,9 @@ class SmtpDownstream:
             client = self._pop_idle() if pooled else None
             try:
                 client = client or await self._connect()
+                if not sender.isascii() and not client.supports_extension("smtputf8"):
+                    self.checkin(client, reuse=True)  # RFC 6531 3.6.2: never downgraded, refused
+                    return NO_SMTPUTF8
                 await self._xforward(client, forwarded)
                 resp = await client.execute_command(b"MAIL", b"FROM:<" + _addr(sender) + b">",
                                                     *self._options(client, options))
@@ -211,9 +215,10 @@ class SmtpDownstream:
 
     @staticmethod
     def _options(client: SMTP, options: list[str]) -> list[bytes]:
-        # Only BODY= is passed on (and only where the downstream speaks 8BITMIME): SIZE= would
-        # understate the message once spamd's headers are added.
-        keep = [o for o in options if o.upper().startswith("BODY=") and client.supports_extension("8bitmime")]
+        # BODY= and SMTPUTF8 are passed on where the downstream speaks 8BITMIME and SMTPUTF8;
+        # SIZE= is not: it would understate the message once spamd's headers are added.
+        keep = [o for o in options if o.upper().startswith("BODY=") and client.supports_extension("8bitmime")
+                or o.upper() == "SMTPUTF8" and client.supports_extension("smtputf8")]
         return [o.encode("ascii") for o in keep]
 
     def checkin(self, client: SMTP, reuse: bool) -> None:

@@ -110,7 +110,7 @@ class Daemon:
         def protocol() -> SpamdSMTP:
             return SpamdSMTP(handler, conns, line_length_limit=cfg.smtp.max_line_length,
                              data_size_limit=cfg.smtp.max_message_size, hostname=cfg.smtp.hostname,
-                             ident="spamd", timeout=cfg.smtp.idle_timeout, loop=loop)
+                             ident="spamd", timeout=cfg.smtp.idle_timeout, enable_SMTPUTF8=True, loop=loop)
 
         server = await loop.create_server(protocol, sock=sock or listen_socket(cfg.smtp.listen), backlog=1024)
         return cls(cfg, handler, batcher, downstream, conns, server)

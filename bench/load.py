@@ -93,6 +93,14 @@ async def _sink(port: int) -> None:
         await server.serve_forever()
 
 
+def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    """The counting sink in a process of its own, listening: (the process, its port)."""
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "bench.load", "--sink", str(port)])
+    wait_smtp(port, sink)
+    return sink, port
+
+
 def sink_count(port: int) -> int:
     with socket.create_connection(("127.0.0.1", port)) as s:
         f = s.makefile("rwb")
@@ -354,10 +362,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="spamd-load-"))
     models_dir = tmp / "models"
     shutil.copytree(args.models, models_dir)
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.load", "--sink", str(sink_port)])
+    sink, sink_port = start_sink()
     try:
-        wait_smtp(sink_port, sink)
         results = {"load_average_before": load_before,
                    **report(tmp, models_dir, msgs, args, (sink_port, sink.pid))}
     finally:

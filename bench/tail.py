@@ -24,13 +24,12 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.corpus import machine, rows
-from bench.load import Client, closed_loop, free_port, start_spamd, wait_smtp, wire
+from bench.load import Client, closed_loop, start_sink, start_spamd, wire
 
 CLIENTS, WORKERS = 32, 2
 
@@ -125,10 +124,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="spamd-tail-"))
     models = tmp / "models"
     shutil.copytree(args.models, models)
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.load", "--sink", str(sink_port)])
+    sink, sink_port = start_sink()
     try:
-        wait_smtp(sink_port, sink)
         runs = []
         for _ in range(args.runs):
             runs.append(run(models, sink_port, msgs, folders, args))

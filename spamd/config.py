@@ -36,6 +36,9 @@ class SmtpConfig:
     workers: int = 2
     pin_workers: bool = True
     xforward_hosts: tuple[str, ...] = ("127.0.0.0/8", "::1")  # clients that may send XFORWARD
+    tls_cert_file: str = ""  # PEM certificate (chain) for STARTTLS from clients; "" offers no STARTTLS
+    tls_key_file: str = ""
+    require_tls: bool = False  # refuse MAIL (530) before STARTTLS
 
 
 @dataclass(frozen=True)

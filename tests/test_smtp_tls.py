@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import smtplib
 import socketserver
+import ssl
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -196,3 +198,75 @@ def test_tls_settings_that_cannot_work_stop_spamd_at_start(url: str, tls: TlsLev
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=message):
         open_downstream(tls_config(tmp_path, url, tls, ca_file))
+
+
+# ------------------------------------------------------------------ STARTTLS from the MTA to spamd
+
+
+def listener_config(tmp_path: Path, url: str, ca: trustme.CA, require: bool = False) -> Config:
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "spamd.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "spamd.pem"))
+    cfg = proxy_config(tmp_path / "no-models", url, tmp_path, enabled=False)
+    smtp = replace(cfg.smtp, tls_cert_file="spamd.pem", tls_key_file="spamd.key", require_tls=require)  # relative
+    return replace(cfg, smtp=smtp)
+
+
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_an_mta_can_send_to_spamd_over_starttls(require: bool, tls_ca: trustme.CA, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(listener_config(tmp_path, down.url, tls_ca, require), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.has_extn("starttls")
+        assert client.starttls(context=client_tls(tls_ca))[0] == 220
+        client.ehlo("mta.example.org")
+        assert not client.has_extn("starttls")  # not offered twice
+        assert client.sendmail("alice@example.org", ["bob@example.net"], HAM) == {}
+        assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
+    [item] = down.wait_for(1)
+    assert item.content.endswith(HAM) and len(p.sink.rows) == 1
+
+
+def test_require_tls_refuses_mail_in_plain(tls_ca: trustme.CA, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(listener_config(tmp_path, down.url, tls_ca, require=True), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.docmd("MAIL", "FROM:<alice@example.org>")[0] == 530
+    assert down.messages == []
+
+
+def test_starttls_in_mid_transaction_leaves_nothing_open(tls_ca: trustme.CA, tmp_path: Path, capture, proxy):
+    # The transaction opened before STARTTLS is gone after it (RFC 3207): a drain does not wait for it.
+    down = capture()
+    p = proxy(listener_config(tmp_path, down.url, tls_ca), models=False)
+    client = smtplib.SMTP("127.0.0.1", p.port, timeout=30)
+    client.ehlo("mta.example.org")
+    assert client.docmd("MAIL", "FROM:<alice@example.org>")[0] == 250
+    client.starttls(context=client_tls(tls_ca))
+    client.quit()
+    started = time.monotonic()
+    p.stop()  # drain_timeout is 10 s: an orphaned transaction would hold it that long
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("cert, key, require, message", [
+    ("spamd.pem", "", False, "go together"),
+    ("", "", True, "require_tls needs"),
+    ("missing.pem", "spamd.key", False, "tls_cert_file .*missing.pem"),
+    ("spamd.key", "spamd.key", False, "tls_cert_file"),  # a key is not a certificate
+])
+def test_listener_tls_settings_that_cannot_work_stop_spamd_at_start(cert: str, key: str, require: bool,
+                                                                     message: str, tls_ca: trustme.CA,
+                                                                     tmp_path: Path, proxy):
+    cfg = listener_config(tmp_path, "maildir:Maildir", tls_ca)
+    cfg = replace(cfg, smtp=replace(cfg.smtp, tls_cert_file=cert, tls_key_file=key, require_tls=require))
+    with pytest.raises(ConfigError, match=message):
+        proxy(cfg, models=False)

@@ -82,6 +82,13 @@ class SpamdSMTP(SMTP):
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 4.2: after TLS the session starts over, and aiosmtpd gives it a new Session;
+        # what the handler kept for the old one (an open transaction, XFORWARD's attributes) goes now.
+        if not arg and self.tls_context and self.session is not None:
+            self.event_handler.session_closed(self.session)
+        await super().smtp_STARTTLS(arg)
+
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Postfix's XFORWARD (spamd/smtp/xforward.py): the handler decides, as for MAIL and RCPT."""

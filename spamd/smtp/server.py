@@ -29,6 +29,7 @@ from spamd.smtp.batcher import Batcher
 from spamd.smtp.forward import Downstream, open_downstream
 from spamd.smtp.handler import ProxyHandler
 from spamd.smtp.protocol import Connections, SpamdSMTP
+from spamd.smtp.tls import listener_context
 
 log = logging.getLogger("spamd.smtp")
 QUIT_GRACE = 1.0  # seconds a drained daemon waits for clients to QUIT before it answers 421
@@ -106,11 +107,15 @@ class Daemon:
         handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
                                cfg.scoring.timeout, cfg.smtp.max_recipients, xforward.networks(cfg.smtp.xforward_hosts))
         conns = Connections(cfg.smtp.max_connections)
+        smtp = cfg.smtp
+        tls = listener_context(cfg.path(smtp.tls_cert_file) if smtp.tls_cert_file else None,
+                               cfg.path(smtp.tls_key_file) if smtp.tls_key_file else None, smtp.require_tls)
 
         def protocol() -> SpamdSMTP:
-            return SpamdSMTP(handler, conns, line_length_limit=cfg.smtp.max_line_length,
-                             data_size_limit=cfg.smtp.max_message_size, hostname=cfg.smtp.hostname,
-                             ident="spamd", timeout=cfg.smtp.idle_timeout, enable_SMTPUTF8=True, loop=loop)
+            return SpamdSMTP(handler, conns, line_length_limit=smtp.max_line_length,
+                             data_size_limit=smtp.max_message_size, hostname=smtp.hostname, ident="spamd",
+                             timeout=smtp.idle_timeout, enable_SMTPUTF8=True, tls_context=tls,
+                             require_starttls=smtp.require_tls, loop=loop)
 
         server = await loop.create_server(protocol, sock=sock or listen_socket(cfg.smtp.listen), backlog=1024)
         return cls(cfg, handler, batcher, downstream, conns, server)

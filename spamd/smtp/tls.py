@@ -1,4 +1,5 @@
-"""TLS to an smtp:// or smtps:// downstream: [delivery] tls, after Postfix's smtp_tls_security_level.
+"""TLS to an smtp:// or smtps:// downstream ([delivery] tls, after Postfix's smtp_tls_security_level),
+and STARTTLS for the MTA that sends to spamd ([smtp] tls_cert_file, tls_key_file, require_tls).
 
     none     plain SMTP (the default: the embedded default delivers into a local Maildir, and
              a reinjection port on loopback needs no TLS)
@@ -59,4 +60,24 @@ def _context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def listener_context(cert: Path | None, key: Path | None, require: bool) -> ssl.SSLContext | None:
+    """The SSLContext of spamd's own STARTTLS (None: not offered); a ConfigError for settings that cannot work.
+
+    For an MTA on another host (on loopback TLS adds nothing). Like Postfix's smtpd it asks for
+    no client certificate: who may send is [smtp] listen's and the firewall's business.
+    """
+    if (cert is None) != (key is None):
+        raise ConfigError("[smtp] tls_cert_file and tls_key_file go together: set both, or neither")
+    if cert is None or key is None:
+        if require:
+            raise ConfigError("[smtp] require_tls needs tls_cert_file and tls_key_file")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[smtp] tls_cert_file {cert} / tls_key_file {key}: {exc}") from exc
     return context

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,3 +126,26 @@ def test_a_bad_network_in_xforward_hosts_is_a_clear_error() -> None:
     assert xforward.networks(["10.1.2.3/8", "::1"])[0] == xforward.networks(["10.0.0.0/8"])[0]
     with pytest.raises(ConfigError, match=r"\[smtp\] xforward_hosts: .*10.0.0.0/33"):
         xforward.networks(["10.0.0.0/33"])
+
+
+def test_a_transaction_refused_in_data_ends_there(tmp_path: Path, capture, proxy):
+    # A message refused while it is read (552, too big) ends its transaction: the MTA may go on
+    # with XFORWARD and its next message at once (no RSET), and the downstream connection the
+    # refused one held is free for another client straight away (pool_size 1 here).
+    down = capture(xforward="NAME ADDR PROTO HELO")
+    cfg = config(tmp_path, down.url)
+    cfg = replace(cfg, smtp=replace(cfg.smtp, max_message_size=10_000),
+                  delivery=replace(cfg.delivery, pool_size=1, timeout=5.0))
+    p = proxy(cfg, models=False)
+    with mta(p.port) as client, mta(p.port) as other:
+        client.mail("alice@example.org")
+        client.rcpt("bob@example.net")
+        assert client.data(HAM + (b"y" * 70 + b"\r\n") * 300)[0] == 552
+        started = time.monotonic()
+        assert other.sendmail("carol@example.org", ["bob@example.net"], HAM) == {}
+        assert time.monotonic() - started < 2  # not after the 5 s delivery timeout
+        assert client.docmd("XFORWARD", "ADDR=192.0.2.7")[0] == 250
+        assert client.sendmail("alice@example.org", ["bob@example.net"], HAM) == {}
+    first, second = down.wait_for(2)
+    assert (first.mail_from, second.mail_from, second.xforward) == ("carol@example.org", "alice@example.org",
+                                                                    {"ADDR": "192.0.2.7"})

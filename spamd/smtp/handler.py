@@ -114,6 +114,12 @@ class ProxyHandler:
         self._log(envelope, client, raw, mid, log_id, verdict, action, reply, error, latency)
         return reply.line
 
+    async def data_refused(self, session: Session) -> None:
+        """The protocol refused the DATA itself (too big, a line too long): the transaction is over
+        unsent, so its downstream transaction is reset and its pooled connection freed now, not
+        at the client's next command."""
+        await self._abort(session)
+
     async def _score(self, raw: bytes, mid: str) -> tuple[Verdict | None, str]:
         if not self.policy.scoring:
             return None, ""

@@ -126,6 +126,7 @@ class SpamdSMTP(SMTP):
         if refusal:
             await self.push(refusal)
             self._set_post_data_state()
+            await self.event_handler.data_refused(self.session)
             return
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")

@@ -55,8 +55,10 @@ def parse(arg: str) -> dict[str, str]:
     for item in arg.split():
         name, eq, value = item.partition("=")
         name = name.upper()
-        if not eq or name not in ATTRIBUTES:
-            raise ValueError(f"unknown attribute {name or item!r}")
+        if not eq:
+            raise ValueError(f"expected attribute=value, got {item!r}")
+        if name not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {name!r}")
         if len(value) > MAX_VALUE:
             raise ValueError(f"{name} is longer than {MAX_VALUE} characters")
         decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)

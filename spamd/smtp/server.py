@@ -102,14 +102,16 @@ class Daemon:
     async def start(cls, cfg: Config, sink: ScoreLogSink, models: ModelSet | None,
                     sock: socket.socket | None = None) -> Daemon:
         loop = asyncio.get_running_loop()
-        batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
-        downstream = open_downstream(cfg)
-        handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
-                               cfg.scoring.timeout, cfg.smtp.max_recipients, xforward.networks(cfg.smtp.xforward_hosts))
-        conns = Connections(cfg.smtp.max_connections)
         smtp = cfg.smtp
+        # Settings that cannot work stop the start here (ConfigError), before any thread is started.
         tls = listener_context(cfg.path(smtp.tls_cert_file) if smtp.tls_cert_file else None,
                                cfg.path(smtp.tls_key_file) if smtp.tls_key_file else None, smtp.require_tls)
+        xforward_hosts = xforward.networks(smtp.xforward_hosts)
+        downstream = open_downstream(cfg)
+        batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
+        handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
+                               cfg.scoring.timeout, smtp.max_recipients, xforward_hosts)
+        conns = Connections(smtp.max_connections)
 
         def protocol() -> SpamdSMTP:
             return SpamdSMTP(handler, conns, line_length_limit=smtp.max_line_length,

@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from spamd.config import Config, DatabaseConfig, DeliveryConfig, ScoringConfig, SmtpConfig
 from spamd.scorelog import ScoreLogRow
+from spamd.smtp import dsn
 from spamd.smtp.server import Daemon, load_models
 
 T = TypeVar("T")
@@ -56,6 +57,8 @@ class Captured:
     tls: str | None = None  # the session's TLS version ("TLSv1.3"), None when it was plain
     xforward: dict[str, str] = field(default_factory=dict)  # XFORWARD attributes as sent (xtext), for this message
     mail_options: tuple[str, ...] = ()  # MAIL FROM's parameters (SMTPUTF8, BODY=...)
+    dsn_mail: tuple[str, ...] = ()  # RET=, ENVID= as received
+    dsn_rcpt: dict[str, tuple[str, ...]] = field(default_factory=dict)  # recipient → its NOTIFY=, ORCPT=
 
 
 @dataclass
@@ -75,6 +78,8 @@ class _CaptureHandler:
         session.host_name = hostname
         if self.server.xforward:
             responses.insert(len(responses) - 1, f"250-XFORWARD {self.server.xforward}")
+        if self.server.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
         return responses
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -102,7 +107,8 @@ class _CaptureHandler:
         tls = server.transport.get_extra_info("ssl_object") if server.transport else None
         assert isinstance(server, _WideSMTP)
         item = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""),
-                        tls.version() if tls else None, dict(server.forwarded), tuple(envelope.mail_options))
+                        tls.version() if tls else None, dict(server.forwarded), tuple(envelope.mail_options),
+                        tuple(server.dsn_mail), dict(server.dsn_rcpt))
         server.forwarded.clear()
         with self.server.lock:
             self.server.messages.append(item)
@@ -115,7 +121,22 @@ class _WideSMTP(SMTP):
     def __init__(self, handler: Any, owner: CaptureServer, **kwargs: Any) -> None:
         self.owner = owner
         self.forwarded: dict[str, str] = {}  # XFORWARD's attributes for the transaction to come
+        self.dsn_mail: list[str] = []
+        self.dsn_rcpt: dict[str, tuple[str, ...]] = {}
         super().__init__(handler, **kwargs)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.dsn_mail, self.dsn_rcpt = [], {}
+        if arg is not None and self.owner.dsn:  # taken as spamd takes them, so aiosmtpd lets them through
+            arg, self.dsn_mail = dsn.take(arg, dsn.MAIL)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg is not None and self.owner.dsn:
+            arg, params = dsn.take(arg, dsn.RCPT)
+            address = self._getaddr(self._strip_command_keyword("TO:", arg) or "")[0]
+            self.dsn_rcpt[str(address)] = tuple(params)
+        await super().smtp_RCPT(arg)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         reply = self.owner.behaviour.xforward_reply
@@ -140,10 +161,11 @@ class CaptureServer:
     """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
 
     def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
-                 smtputf8: bool = True) -> None:
+                 smtputf8: bool = True, dsn: bool = True) -> None:
         self.tls_context, self.implicit = tls_context, implicit
         self.xforward = xforward  # the XFORWARD attributes it offers in EHLO ("": it does not)
         self.smtputf8 = smtputf8  # offers SMTPUTF8, as Postfix does by default
+        self.dsn = dsn  # offers DSN, as Postfix does
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
@@ -266,8 +288,8 @@ def capture() -> Iterator[Callable[..., CaptureServer]]:
     made: list[CaptureServer] = []
 
     def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
-             smtputf8: bool = True) -> CaptureServer:
-        made.append(CaptureServer(tls_context, implicit, xforward, smtputf8))
+             smtputf8: bool = True, dsn: bool = True) -> CaptureServer:
+        made.append(CaptureServer(tls_context, implicit, xforward, smtputf8, dsn))
         return made[-1]
 
     yield make

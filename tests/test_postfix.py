@@ -229,3 +229,26 @@ def test_after_queue_passes_internationalised_mail_on(mail_system: Callable[...,
     assert header(delivered[0], b"X-Spam-Flag") in (b"YES", b"NO")
     assert header(delivered[0], b"Return-Path") == "<jörg@exämple.org>".encode()
     assert postfix.queue() == []
+
+
+@pytest.mark.slow
+@needs_postfix
+def test_after_queue_a_success_notice_comes_from_the_final_delivery(mail_system: Callable[..., Setup]):
+    # NOTIFY=SUCCESS: had spamd dropped the DSN request, Postfix would report the message
+    # "relayed" at the spamd hop. Passed on, the notice comes from the delivery into the Maildir.
+    postfix, spamd = mail_system("after-queue")
+    raw = with_id(fixture_mail("train", "ham")[0], "aq-dsn")
+    with smtplib.SMTP("127.0.0.1", postfix.public_port, timeout=60) as client:
+        assert client.sendmail("alice@example.org", [MAILBOX], raw, mail_options=["RET=HDRS"],
+                               rcpt_options=["NOTIFY=SUCCESS"]) == {}
+    assert len(postfix.wait_delivered(1)) == 1, postfix.log() + spamd.log()
+    log = ""
+    deadline = time.monotonic() + 15
+    while "sender delivery status notification" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = postfix.log()
+    filtered = re.search(r"postfix/spamd/smtp\[\d+\]: (\w+): to=<", log)
+    delivered = re.search(r"postfix/virtual\[\d+\]: (\w+): to=<", log)
+    assert filtered and delivered, log
+    assert f"{delivered.group(1)}: sender delivery status notification" in log, log
+    assert f"{filtered.group(1)}: sender delivery status notification" not in log, log

@@ -49,6 +49,7 @@ class ProxyHandler:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname  # this hook's part of EHLO (aiosmtpd's "new" hook)
         await self._abort(session)  # EHLO ends a transaction in progress, as RSET does
+        responses.insert(len(responses) - 1, "250-DSN")  # passed on (dsn.py)
         if xforward.authorized(session.peer, self.xforward_hosts):
             responses.insert(len(responses) - 1, "250-" + xforward.EHLO_LINE)
         return responses
@@ -70,7 +71,8 @@ class ProxyHandler:
         if self.draining:
             return replies.SHUTTING_DOWN
         await self._abort(session)  # EHLO in mid-transaction resets the envelope without RSET
-        begun = await self.downstream.begin(address, mail_options, self._forwarded.get(session, {}))
+        options = mail_options + getattr(server, "dsn_mail", [])  # DSN's as written (SpamdSMTP.smtp_MAIL)
+        begun = await self.downstream.begin(address, options, self._forwarded.get(session, {}))
         if isinstance(begun, Reply):
             return begun.line
         self._open[session] = begun
@@ -86,7 +88,7 @@ class ProxyHandler:
             return replies.DOWNSTREAM_UNAVAILABLE
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        reply = await txn.add_recipient(address, rcpt_options)
+        reply = await txn.add_recipient(address, rcpt_options + getattr(server, "dsn_rcpt", []))
         if reply.ok:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)

@@ -17,7 +17,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from spamd.smtp import replies
+from spamd.smtp import dsn, replies
 
 
 class Connections:
@@ -62,6 +62,8 @@ class SpamdSMTP(SMTP):
         self.line_length_limit = line_length_limit
         self.connections = connections
         self.refused = False
+        self.dsn_mail: list[str] = []  # the current MAIL's RET=, ENVID=, as the client wrote them (dsn.py)
+        self.dsn_rcpt: list[str] = []  # the current RCPT's NOTIFY=, ORCPT=
         super().__init__(handler, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,6 +83,24 @@ class SpamdSMTP(SMTP):
         if self.session is not None:
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.dsn_mail = []
+        if arg is not None:
+            arg, self.dsn_mail = dsn.take(arg, dsn.MAIL)
+            if error := dsn.check(self.dsn_mail):
+                await self.push(f"501 5.5.4 {error}")
+                return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.dsn_rcpt = []
+        if arg is not None:
+            arg, self.dsn_rcpt = dsn.take(arg, dsn.RCPT)
+            if error := dsn.check(self.dsn_rcpt):
+                await self.push(f"501 5.5.4 {error}")
+                return
+        await super().smtp_RCPT(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         # RFC 3207 4.2: after TLS the session starts over, and aiosmtpd gives it a new Session;

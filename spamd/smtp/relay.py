@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from aiosmtplib import SMTP, SMTPConnectError, SMTPException, SMTPResponseException, SMTPServerDisconnected
 
 from spamd.errors import DeliveryTempFail
-from spamd.smtp import replies, xforward
+from spamd.smtp import dsn, replies, xforward
 from spamd.smtp.forward import Reply, Transaction
 from spamd.smtp.tls import DownstreamTls
 
@@ -35,6 +35,13 @@ TLS_FAILED = Reply.parse(replies.DOWNSTREAM_TLS_FAILED)
 NO_SMTPUTF8 = Reply.parse(replies.DOWNSTREAM_NO_SMTPUTF8)
 # Raised by a connection that fails in any way; each is answered 451, never 250.
 FAILURES = (SMTPException, OSError, TimeoutError)
+
+
+def _dsn(client: SMTP, options: list[str], names: tuple[str, ...]) -> list[bytes]:
+    """The DSN parameters among `options`, for a downstream that offers DSN (else none: see dsn.py)."""
+    if not client.supports_extension("dsn"):
+        return []
+    return [o.encode("utf-8", "surrogateescape") for o in options if o.partition("=")[0].upper() in names]
 
 
 def _addr(address: str) -> bytes:
@@ -50,7 +57,8 @@ class SmtpTransaction:
         if self.client is None:
             return UNAVAILABLE
         try:
-            resp = await self.client.execute_command(b"RCPT", b"TO:<" + _addr(address) + b">")
+            resp = await self.client.execute_command(b"RCPT", b"TO:<" + _addr(address) + b">",
+                                                     *_dsn(self.client, options, dsn.RCPT))
         except FAILURES as exc:
             log.error("downstream failed during RCPT: %s", exc)
             self._end(reuse=False)
@@ -219,7 +227,7 @@ class SmtpDownstream:
         # SIZE= is not: it would understate the message once spamd's headers are added.
         keep = [o for o in options if o.upper().startswith("BODY=") and client.supports_extension("8bitmime")
                 or o.upper() == "SMTPUTF8" and client.supports_extension("smtputf8")]
-        return [o.encode("ascii") for o in keep]
+        return [o.encode("ascii") for o in keep] + _dsn(client, options, dsn.MAIL)
 
     def checkin(self, client: SMTP, reuse: bool) -> None:
         """A transaction's end: its connection goes back to the pool (or is closed), its slot is free."""

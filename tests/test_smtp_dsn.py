@@ -1,0 +1,68 @@
+"""DSN (RFC 3461) through spamd on loopback: RET/ENVID and NOTIFY/ORCPT reach the downstream as written.
+
+A real smtplib client plays the MTA, spamd runs with scoring off (DSN is all that is tested
+here), and the capturing downstream offers DSN as Postfix does (or not, where said).
+"""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+import pytest
+
+from spamd.config import Config
+from tests.fixtures_smtp import proxy_config
+
+HAM = b"Subject: lunch\r\nFrom: Carol <carol@example.org>\r\nMessage-ID: <d1@example.org>\r\n\r\nNoon?\r\n"
+
+
+def config(tmp_path: Path, url: str) -> Config:
+    return proxy_config(tmp_path / "no-models", url, tmp_path, enabled=False)
+
+
+def test_dsn_parameters_are_passed_on_as_written(tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(config(tmp_path, down.url), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.has_extn("dsn")
+        # Mixed case on purpose: an ENVID and an ORCPT address are passed on unchanged.
+        assert client.sendmail("alice@example.org", ["bob@example.net", "Carol@example.net"], HAM,
+                               mail_options=["RET=HDRS", "ENVID=QQ314159+2BaBc"],
+                               rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Carol@Example.NET"]) == {}
+        assert client.sendmail("alice@example.org", ["bob@example.net"], HAM, rcpt_options=["NOTIFY=NEVER"]) == {}
+    first, second = down.wait_for(2)
+    assert first.dsn_mail == ("RET=HDRS", "ENVID=QQ314159+2BaBc")
+    assert first.dsn_rcpt == {"bob@example.net": ("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Carol@Example.NET"),
+                              "Carol@example.net": ("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Carol@Example.NET")}
+    assert second.dsn_mail == () and second.dsn_rcpt == {"bob@example.net": ("NOTIFY=NEVER",)}
+    assert first.content.endswith(HAM) and len(p.sink.rows) == 2
+
+
+def test_a_downstream_without_dsn_gets_the_message_without_the_parameters(tmp_path: Path, capture, proxy):
+    down = capture(dsn=False)
+    p = proxy(config(tmp_path, down.url), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        assert client.sendmail("alice@example.org", ["bob@example.net"], HAM, mail_options=["RET=FULL"],
+                               rcpt_options=["NOTIFY=DELAY"]) == {}
+    [item] = down.wait_for(1)
+    assert item.content.endswith(HAM) and item.mail_options == ()
+
+
+@pytest.mark.parametrize("command, reply_start", [
+    ("MAIL FROM:<alice@example.org> RET=SOME", "501 5.5.4 RET takes FULL or HDRS"),
+    ("MAIL FROM:<alice@example.org> ENVID=a=b", "501 5.5.4 ENVID takes"),
+    ("MAIL FROM:<alice@example.org> RET=FULL RET=HDRS", "501 5.5.4 RET given twice"),
+    ("RCPT TO:<bob@example.net> NOTIFY=NEVER,SUCCESS", "501 5.5.4 NOTIFY takes"),
+    ("RCPT TO:<bob@example.net> ORCPT=nosemicolon", "501 5.5.4 ORCPT takes"),
+])
+def test_malformed_dsn_parameters_get_501(command: str, reply_start: str, tmp_path: Path, capture, proxy):
+    down = capture()
+    p = proxy(config(tmp_path, down.url), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        if command.startswith("RCPT"):
+            assert client.docmd("MAIL FROM:<alice@example.org>")[0] == 250
+        code, text = client.docmd(command)
+    assert f"{code} {text.decode()}".startswith(reply_start)

@@ -85,22 +85,25 @@ class SpamdSMTP(SMTP):
         super().connection_lost(error)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self.dsn_mail = []
-        if arg is not None:
-            arg, self.dsn_mail = dsn.take(arg, dsn.MAIL)
-            if error := dsn.check(self.dsn_mail):
-                await self.push(f"501 5.5.4 {error}")
-                return
-        await super().smtp_MAIL(arg)
+        if (taken := await self._take_dsn(arg, dsn.MAIL)) is not None:
+            arg, self.dsn_mail = taken
+            await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self.dsn_rcpt = []
-        if arg is not None:
-            arg, self.dsn_rcpt = dsn.take(arg, dsn.RCPT)
-            if error := dsn.check(self.dsn_rcpt):
-                await self.push(f"501 5.5.4 {error}")
-                return
-        await super().smtp_RCPT(arg)
+        if (taken := await self._take_dsn(arg, dsn.RCPT)) is not None:
+            arg, self.dsn_rcpt = taken
+            await super().smtp_RCPT(arg)
+
+    async def _take_dsn(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, list[str]] | None:
+        """MAIL's or RCPT's argument without its DSN parameters, and those as written (dsn.py);
+        None, after answering 501, when they are malformed."""
+        if arg is None:
+            return None, []
+        arg, params = dsn.take(arg, names)
+        if error := dsn.check(params):
+            await self.push(f"501 5.5.4 {error}")
+            return None
+        return arg, params
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         # RFC 3207 4.2: after TLS the session starts over, and aiosmtpd gives it a new Session;

@@ -66,3 +66,14 @@ def test_malformed_dsn_parameters_get_501(command: str, reply_start: str, tmp_pa
             assert client.docmd("MAIL FROM:<alice@example.org>")[0] == 250
         code, text = client.docmd(command)
     assert f"{code} {text.decode()}".startswith(reply_start)
+
+
+def test_help_still_knows_the_commands_spamd_overrides(tmp_path: Path, capture, proxy):
+    # spamd replaces aiosmtpd's MAIL, RCPT and DATA (and adds XFORWARD); HELP must not lose them.
+    down = capture()
+    p = proxy(config(tmp_path, down.url), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        listed = client.docmd("HELP")[1].decode().split(":", 1)[1].split()
+        assert {"MAIL", "RCPT", "DATA", "XFORWARD"} <= set(listed)
+        assert client.docmd("HELP", "MAIL") == (250, b"Syntax: MAIL FROM: <address> [SP <mail-parameters>]")

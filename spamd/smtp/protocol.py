@@ -84,11 +84,13 @@ class SpamdSMTP(SMTP):
             self.event_handler.session_closed(self.session)
         super().connection_lost(error)
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")  # aiosmtpd's HELP text
     async def smtp_MAIL(self, arg: str | None) -> None:
         if (taken := await self._take_dsn(arg, dsn.MAIL)) is not None:
             arg, self.dsn_mail = taken
             await super().smtp_MAIL(arg)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if (taken := await self._take_dsn(arg, dsn.RCPT)) is not None:
             arg, self.dsn_rcpt = taken
@@ -105,6 +107,7 @@ class SpamdSMTP(SMTP):
             return None
         return arg, params
 
+    @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
         # RFC 3207 4.2: after TLS the session starts over, and aiosmtpd gives it a new Session;
         # what the handler kept for the old one (an open transaction, XFORWARD's attributes) goes now.
@@ -120,6 +123,7 @@ class SpamdSMTP(SMTP):
         status = await self._call_handler_hook("XFORWARD", arg or "")
         await self.push("502 5.5.1 XFORWARD not implemented" if status is MISSING else status)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # The handler's transaction ends before aiosmtpd writes its reply; a drain must wait
         # for the reply too, or the 421 it sends on closing would reach the client first.

@@ -70,7 +70,7 @@ class ProxyHandler:
                           mail_options: list[str]) -> str:
         if self.draining:
             return replies.SHUTTING_DOWN
-        await self._abort(session)  # EHLO in mid-transaction resets the envelope without RSET
+        await self._abort(session)  # HELO in mid-transaction resets the envelope without RSET (EHLO: handle_EHLO)
         options = mail_options + getattr(server, "dsn_mail", [])  # DSN's as written (SpamdSMTP.smtp_MAIL)
         begun = await self.downstream.begin(address, options, self._forwarded.get(session, {}))
         if isinstance(begun, Reply):

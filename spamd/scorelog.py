@@ -37,6 +37,8 @@ class ScoreLogRow:
     model_version: str | None
     latency_ms: float
     error: str = ""
+    queue_id: str = ""  # the MTA's queue id for the message, where it sent XFORWARD IDENT
+    # More about the client, where known: "helo", "client_name" (spamd.smtp.xforward.logged_client).
     extra: dict[str, str] = field(default_factory=dict)
 
     @staticmethod

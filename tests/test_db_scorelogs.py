@@ -19,9 +19,11 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 def make_rows() -> list[ScoreLogRow]:
     return [
         log_row(5, NOW, score=0.99, cnn_score=0.99, verdict="spam", action="tagged", sender="spammer@bulk.example",
-                recipients=("bob@example.com", "carol@example.net"), message_id="<a@x>"),
+                recipients=("bob@example.com", "carol@example.net"), message_id="<a@x>",
+                queue_id="4dQ7x2Zc1Bz", extra={"helo": "bulk.example", "client_name": "mx.bulk.example"}),
         log_row(30, NOW, score=0.70, cnn_score=0.40, rnn_score=0.8, verdict="spam", action="rejected",
-                long_context=True, recipients=("dave@example.net",), latency_ms=40.0, message_id="<b@x>"),
+                long_context=True, recipients=("dave@example.net",), latency_ms=40.0, message_id="<b@x>",
+                queue_id="4DQ7X2ZC1BZ", extra={"helo": "4dQ7x2Zc1Bz"}),
         log_row(90, NOW, score=0.02, verdict="ham", model_version="20250101T000000Z", message_id="<c@x>",
                 recipients=("erin@sub.example.com",)),
         log_row(60 * 24 * 10, NOW, score=None, cnn_score=None, verdict="unknown", action="failed-open",
@@ -72,6 +74,8 @@ def test_rows_come_back_as_they_went_in(filled: Engine) -> None:
     ({"long_context": True}, ["<b@x>"]),
     ({"model": "20250101T000000Z"}, ["<c@x>"]),
     ({"message_id": "<d@x>"}, ["<d@x>"]),
+    ({"queue_id": "4dQ7x2Zc1Bz"}, ["<a@x>"]),  # the queue id only (not a HELO that looks like one), case and all
+    ({"queue_id": "4dQ7x2Zc1B"}, []),  # exactly
     ({"limit": 1}, ["<a@x>"]),
     ({"since": NOW - timedelta(hours=1), "verdict": "spam", "limit": 50}, ["<a@x>", "<b@x>"]),
 ])

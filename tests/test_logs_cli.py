@@ -25,7 +25,8 @@ def logged(engine: Engine) -> Engine:
     rows = [
         log_row(10, verdict="spam", score=0.98, action="tagged", message_id="<new-spam@x>",
                 recipients=("a@example.org", "b@example.org")),
-        log_row(100, verdict="spam", score=0.91, action="tagged", long_context=True, message_id="<old-spam@x>"),
+        log_row(100, verdict="spam", score=0.91, action="tagged", long_context=True, message_id="<old-spam@x>",
+                client_addr="192.0.2.7", queue_id="4dQ7x2Zc1Bz", extra={"helo": "bulk.example"}),
         log_row(20, message_id="<ham@x>"),
         log_row(60 * 24 * 40, message_id="<ancient@x>"),
     ]
@@ -48,6 +49,8 @@ def test_table_and_csv(spamd: Spamd, logged: Engine) -> None:
     assert "spam*" in table[3] and "a@example.org +1" in table[1]
     data = list(csv.DictReader(io.StringIO(spamd("logs", "--long-context", "--format", "csv").stdout)))
     assert [(d["message_id"], d["long_context"]) for d in data] == [("<old-spam@x>", "True")]
+    client = (data[0]["client_addr"], data[0]["helo"], data[0]["queue_id"])
+    assert client == ("192.0.2.7", "bulk.example", "4dQ7x2Zc1Bz")
     assert "no matching score-log rows" in spamd("logs", "--rcpt", "*@nowhere.example").stdout
 
 
@@ -90,3 +93,11 @@ def test_durations_and_times() -> None:
     assert parse_when("2026-04-30T12:00+02:00", now) == datetime(2026, 4, 30, 10, 0, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_duration("30")
+
+
+def test_a_message_found_by_the_mta_queue_id(spamd: Spamd, logged: Engine) -> None:
+    out = spamd("logs", "--queue-id", "4dQ7x2Zc1Bz", "--format", "json").stdout
+    objects = [json.loads(line) for line in out.splitlines()]
+    assert [o["message_id"] for o in objects] == ["<old-spam@x>"]
+    assert (objects[0]["queue_id"], objects[0]["extra"]) == ("4dQ7x2Zc1Bz", {"helo": "bulk.example"})
+    assert "no matching score-log rows" in spamd("logs", "--queue-id", "4dq7x2zc1bz").stdout  # ids are case-sensitive

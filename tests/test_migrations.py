@@ -11,12 +11,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
-from spamd.db import migrate
+from spamd.db import migrate, scorelogs
 from spamd.db.engine import make_engine
 from spamd.db.schema import Base, ModelVersion
+from spamd.db.scorelogs import LogQuery
 from spamd.db.store import open_store
 from spamd.errors import SchemaOutOfDate
-from tests.fixtures_db import write_config
+from tests.fixtures_db import log_row, write_config
 
 
 def differences(url: str) -> list[object]:
@@ -114,3 +115,21 @@ def test_going_below_0003_turns_pruned_versions_back_into_what_they_were(empty_d
         rows = {v: st for v, st in conn.execute(text("SELECT version, status FROM model_versions"))}
     engine.dispose()
     assert rows == {"v1": "retired", "v2": "candidate", "v3": "active"}
+
+
+def test_0004_keeps_the_score_logs_already_written(empty_db: Callable[[], str]) -> None:
+    url = empty_db()
+    migrate.upgrade(url, "0003")
+    old = log_row(5, message_id="<before-0004@x>")  # a row as spamd wrote it before queue ids
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        values = {**scorelogs.row_values(old), "extra": "{}"}
+        values.pop("queue_id")
+        columns, params = ", ".join(values), ", ".join(":" + k for k in values)
+        conn.execute(text(f"INSERT INTO score_logs ({columns}) VALUES ({params})"), values)
+    engine.dispose()
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as s:
+        assert [(r.message_id, r.queue_id) for r in scorelogs.find(s, LogQuery())] == [("<before-0004@x>", "")]
+    engine.dispose()

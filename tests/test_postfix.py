@@ -10,6 +10,7 @@ SPAMD_REQUIRE_POSTFIX is unset; CI (.ci/run) installs it and sets the variable.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -49,8 +50,11 @@ def swaks(port: int, raw: bytes, tmp_path: Path) -> subprocess.CompletedProcess[
                            "--to", MAILBOX, "--data", f"@{message}"], capture_output=True, text=True, timeout=60)
 
 
+CLIENT_HELO = "client.example.org"  # what the test's sender says in EHLO
+
+
 def send(port: int, raw: bytes) -> dict[str, tuple[int, bytes]]:
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60, local_hostname=CLIENT_HELO) as client:
         return client.sendmail("alice@example.org", [MAILBOX], raw)
 
 
@@ -69,6 +73,21 @@ def score_log_actions(spamd: SpamdProcess) -> list[tuple[str, str]]:
         rows = conn.execute(text("SELECT message_id, action FROM score_logs ORDER BY time")).all()
     engine.dispose()
     return [(str(m), str(a)) for m, a in rows]
+
+
+def score_log_clients(spamd: SpamdProcess, n: int) -> dict[str, dict[str, str]]:
+    """Score-log id → what the row keeps of the client (queue_id and `extra`), once n rows are written."""
+    engine = create_engine(f"sqlite:///{spamd.workdir / 'spamd.db'}")
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT id, queue_id, extra FROM score_logs")).all()
+            if len(rows) >= n or time.monotonic() > deadline:
+                return {str(i): {"queue_id": q, **json.loads(extra)} for i, q, extra in rows}
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
 
 
 def report(script: str, user: str, message: bytes, spamd: SpamdProcess) -> None:
@@ -136,6 +155,11 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
     sent = re.findall(r"postfix/spamd/smtp\[\d+\]: (\w+): to=<", postfix.log())
     assert len(sent) == 2 and all(f"orig_queue_id={qid}, orig_client=localhost[127.0.0.1]" in postfix.log()
                                   for qid in sent), postfix.log()
+    # ...and the score log keeps that queue id and HELO with each message's row (`spamd logs --queue-id`).
+    clients = score_log_clients(spamd, 2)
+    assert {header(m, b"X-Spam-Id").decode() for m in delivered} == set(clients)
+    assert sorted(c["queue_id"] for c in clients.values()) == sorted(sent), clients
+    assert all(c["helo"] == CLIENT_HELO and c["client_name"] == "localhost" for c in clients.values()), clients
 
     # The way back: bob moves the ham into Junk and the spam out of it; Dovecot's sieve pipes
     # each delivered message, headers and all, to the scripts in deploy/dovecot/.

@@ -39,7 +39,7 @@ def test_the_forwarded_client_is_logged_and_passed_on_for_one_transaction(tmp_pa
     p = proxy(config(tmp_path, down.url), models=False)
     with mta(p.port) as client:
         assert set(client.esmtp_features["xforward"].split()) == set(xforward.ATTRIBUTES)
-        assert client.docmd("XFORWARD", "NAME=mx.sender.example ADDR=192.0.2.7 PORT=4711")[0] == 250
+        assert client.docmd("XFORWARD", "NAME=mx.sender.example ADDR=192.0.2.7 PORT=4711 IDENT=4dQ7x2Zc1Bz")[0] == 250
         assert client.docmd("XFORWARD", "HELO=odd+2Bhelo.example PROTO=ESMTP")[0] == 250  # xtext: +2B is "+"
         client.sendmail("alice@example.org", ["bob@example.net"], HAM)
         client.sendmail("alice@example.org", ["bob@example.net"], HAM)  # none given for this one
@@ -49,6 +49,11 @@ def test_the_forwarded_client_is_logged_and_passed_on_for_one_transaction(tmp_pa
                               "PROTO": "ESMTP"}
     assert second.xforward == {} and down.connections == 1  # the pooled connection carried nothing over
     assert [row.client_addr for row in p.sink.rows] == ["192.0.2.7", "127.0.0.1"]
+    # The rest of what the score log keeps of the client: the forwarded queue id (IDENT), HELO
+    # and NAME for the first; for the second, only the HELO name the MTA itself gave spamd.
+    assert [row.queue_id for row in p.sink.rows] == ["4dQ7x2Zc1Bz", ""]
+    assert [row.extra for row in p.sink.rows] == [{"helo": "odd+helo.example", "client_name": "mx.sender.example"},
+                                                  {"helo": "mta.example.org"}]
 
 
 def test_rset_ends_the_forwarded_attributes_too(tmp_path: Path, capture, proxy):
@@ -112,6 +117,16 @@ def test_a_downstream_that_refuses_xforward_still_gets_the_message(tmp_path: Pat
     assert item.content.endswith(HAM) and item.xforward == {}
     assert p.sink.rows[0].client_addr == "192.0.2.7"
     assert "refused XFORWARD: 550" in caplog.text
+
+
+@pytest.mark.parametrize(("arg", "expected"), [
+    ("", ("127.0.0.1", "", {"helo": "mta.example.org"})),  # nothing forwarded: the MTA itself
+    ("ADDR=IPV6:2001:db8::7 IDENT=4dQ7x2Zc1Bz", ("2001:db8::7", "4dQ7x2Zc1Bz", {})),  # not the MTA's HELO
+    ("NAME=[UNAVAILABLE] ADDR=[unavailable] HELO=mx.example IDENT=[UNAVAILABLE]", ("", "", {"helo": "mx.example"})),
+])
+def test_what_the_score_log_keeps_of_the_client(arg: str, expected: tuple[str, str, dict[str, str]]) -> None:
+    client = xforward.logged_client(xforward.parse(arg) if arg else {}, "127.0.0.1", "mta.example.org")
+    assert (client.addr, client.queue_id, client.extra) == expected
 
 
 def test_long_attributes_are_split_into_commands_smtp_allows() -> None:

@@ -34,6 +34,7 @@ COLUMNS = ("time", "id", "verdict", "score", "action", "sender", "recipients", "
 @click.option("--long-context", is_flag=True, help="Only verdicts the RNN's long-range reading changed.")
 @click.option("--model", help="Model version.")
 @click.option("--message-id", help="Message-ID, exactly as in the header (with <>).")
+@click.option("--queue-id", help="The MTA's queue id (as its log names it), where the MTA sent XFORWARD.")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="Most rows; 0: all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one object per line.")
@@ -75,7 +76,8 @@ def values(row: ScoreLogRow) -> dict[str, object]:
         "action": row.action, "sender": row.sender, "recipients": list(row.recipients),
         "message_id": row.message_id, "model_version": row.model_version, "latency_ms": row.latency_ms,
         "long_context": row.long_context, "cnn_score": row.cnn_score, "rnn_score": row.rnn_score,
-        "client_addr": row.client_addr, "size": row.size, "error": row.error, "extra": row.extra,
+        "client_addr": row.client_addr, "queue_id": row.queue_id, "size": row.size, "error": row.error,
+        "extra": row.extra,
     }
 
 
@@ -86,11 +88,12 @@ def print_json(rows: list[ScoreLogRow]) -> None:
 
 def print_csv(rows: list[ScoreLogRow]) -> None:
     out = csv.writer(sys.stdout)
-    fields = [*COLUMNS, "cnn_score", "rnn_score", "client_addr", "size", "error"]
+    fields = [*COLUMNS, "cnn_score", "rnn_score", "client_addr", "helo", "client_name", "queue_id", "size", "error"]
     out.writerow(fields)
     for row in rows:
         data = values(row)
         data["recipients"] = " ".join(row.recipients)
+        data.update({key: row.extra.get(key, "") for key in ("helo", "client_name")})
         out.writerow(["" if data[f] is None else data[f] for f in fields])
 
 

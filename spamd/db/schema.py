@@ -79,6 +79,7 @@ class ScoreLog(Base):
     sender: Mapped[str] = mapped_column(String(512))
     recipients: Mapped[str] = mapped_column(Text)  # comma-separated
     client_addr: Mapped[str] = mapped_column(String(64))
+    queue_id: Mapped[str] = mapped_column(String(64), index=True, server_default="")  # the MTA's (XFORWARD IDENT)
     size: Mapped[int] = mapped_column(Integer)
     cnn_score: Mapped[float | None] = mapped_column(Float)
     rnn_score: Mapped[float | None] = mapped_column(Float)

@@ -25,7 +25,8 @@ def row_values(row: ScoreLogRow) -> dict[str, Any]:
     return {
         "id": row.id, "time": row.time, "message_id": clean_text(row.message_id),
         "sender": clean_text(row.sender), "recipients": clean_text(",".join(row.recipients), 1 << 20),
-        "client_addr": clean_text(row.client_addr, 64), "size": min(max(row.size, 0), MAX_INT),
+        "client_addr": clean_text(row.client_addr, 64), "queue_id": clean_text(row.queue_id, 64),
+        "size": min(max(row.size, 0), MAX_INT),
         "cnn_score": row.cnn_score, "rnn_score": row.rnn_score, "score": row.score,
         "verdict": clean_text(row.verdict, 16), "action": clean_text(row.action, 32), "long_context": row.long_context,
         "model_version": None if row.model_version is None else clean_text(row.model_version, 128),
@@ -55,7 +56,8 @@ def to_row(log: ScoreLog) -> ScoreLogRow:
         recipients=tuple(r for r in log.recipients.split(",") if r), client_addr=log.client_addr,
         size=log.size, cnn_score=log.cnn_score, rnn_score=log.rnn_score, score=log.score,
         verdict=log.verdict, action=log.action, long_context=log.long_context,
-        model_version=log.model_version, latency_ms=log.latency_ms, error=log.error, extra=dict(log.extra or {}),
+        model_version=log.model_version, latency_ms=log.latency_ms, error=log.error, queue_id=log.queue_id,
+        extra=dict(log.extra or {}),
     )
 
 
@@ -74,6 +76,7 @@ class LogQuery:
     long_context: bool = False
     model: str | None = None
     message_id: str | None = None
+    queue_id: str | None = None  # the MTA's queue id, as XFORWARD named it
     limit: int | None = 100
 
 
@@ -88,7 +91,8 @@ def find(session: Session, q: LogQuery) -> list[ScoreLogRow]:
 def conditions(q: LogQuery) -> list[ColumnElement[bool]]:
     c = ScoreLog
     out: list[ColumnElement[bool]] = []
-    equal = [(c.verdict, q.verdict), (c.action, q.action), (c.model_version, q.model), (c.message_id, q.message_id)]
+    equal = [(c.verdict, q.verdict), (c.action, q.action), (c.model_version, q.model), (c.message_id, q.message_id),
+             (c.queue_id, q.queue_id)]
     out += [col == value for col, value in equal if value is not None]
     out += [c.time >= q.since] if q.since else []
     out += [c.time < q.until] if q.until else []

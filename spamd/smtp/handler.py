@@ -112,7 +112,7 @@ class ProxyHandler:
         finally:
             self._close(session)
         latency = (time.perf_counter() - started) * 1000
-        client = xforward.client_addr(forwarded) if forwarded else _peer(session)
+        client = xforward.logged_client(forwarded or {}, _peer(session), session.host_name or "")
         self._log(envelope, client, raw, mid, log_id, verdict, action, reply, error, latency)
         return reply.line
 
@@ -150,20 +150,20 @@ class ProxyHandler:
         tag = self.policy.subject_tag if action is Action.TAG else ""
         return await txn.send(rewrite(raw, verdict_headers(verdict, log_id), tag))
 
-    def _log(self, envelope: Envelope, client: str, raw: bytes, mid: str, log_id: str,
+    def _log(self, envelope: Envelope, client: xforward.LoggedClient, raw: bytes, mid: str, log_id: str,
              verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:
         outcome, failure = _outcome(action, reply)
-        log.info("%s id=%s client=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, client or "-",
+        log.info("%s id=%s client=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, client.addr or "-",
                  envelope.mail_from, len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
                  f"{verdict.score:.4f}" if verdict else "-", reply.line, latency)
         self.sink.submit(ScoreLogRow(
             id=log_id, time=ScoreLogRow.now(), message_id=mid, sender=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos), client_addr=client, size=len(raw),
+            recipients=tuple(envelope.rcpt_tos), client_addr=client.addr, size=len(raw),
             cnn_score=verdict.cnn if verdict else None, rnn_score=verdict.rnn if verdict else None,
             score=verdict.score if verdict else None, verdict=verdict.label if verdict else "unknown",
             action=outcome, long_context=verdict.long_context if verdict else False,
             model_version=verdict.model if verdict else None, latency_ms=latency,
-            error=error or failure,
+            error=error or failure, queue_id=client.queue_id, extra=client.extra,
         ))
 
     async def _abort(self, session: Session) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from spamd.errors import ConfigError
 
@@ -70,12 +71,26 @@ def parse(arg: str) -> dict[str, str]:
     return out
 
 
-def client_addr(attrs: Mapping[str, str]) -> str:
-    """The original client's address, as the score log keeps it ("" when unavailable)."""
-    addr = attrs.get("ADDR", UNAVAILABLE)
-    if addr == UNAVAILABLE:
-        return ""
-    return addr[5:] if addr.upper().startswith("IPV6:") else addr
+@dataclass(frozen=True)
+class LoggedClient:
+    """What the score log keeps of a message's client."""
+
+    addr: str  # the original client's address when forwarded, else the SMTP client's
+    queue_id: str  # IDENT: the MTA's queue id, so that one from the MTA's log finds the verdict
+    extra: dict[str, str]  # "helo" (the name it gave in HELO/EHLO) and "client_name" (NAME), when known
+
+
+def logged_client(attrs: Mapping[str, str], peer_addr: str, helo: str) -> LoggedClient:
+    """The client as the score log keeps it: from the XFORWARD attributes `attrs` where the MTA
+    sent them (an unavailable one is left out), else the SMTP client itself (`peer_addr`, and
+    the `helo` it gave spamd)."""
+    if not attrs:
+        return LoggedClient(peer_addr, "", {"helo": helo} if helo else {})
+    known = {name: value for name, value in attrs.items() if value and value != UNAVAILABLE}
+    addr = known.get("ADDR", "")
+    addr = addr[5:] if addr.upper().startswith("IPV6:") else addr
+    extra = {key: known[name] for key, name in (("helo", "HELO"), ("client_name", "NAME")) if name in known}
+    return LoggedClient(addr, known.get("IDENT", ""), extra)
 
 
 def commands(attrs: Mapping[str, str], offered: str) -> list[list[bytes]]:

@@ -34,7 +34,8 @@ def mta(port: int) -> smtplib.SMTP:
     return client
 
 
-def test_the_forwarded_client_is_logged_and_passed_on_for_one_transaction(tmp_path: Path, capture, proxy):
+def test_the_forwarded_client_is_logged_and_passed_on_for_one_transaction(tmp_path: Path, capture, proxy, caplog):
+    caplog.set_level(logging.INFO, logger="spamd.smtp")
     down = capture(xforward="NAME ADDR PROTO HELO")  # offers four of the seven attributes
     p = proxy(config(tmp_path, down.url), models=False)
     with mta(p.port) as client:
@@ -52,6 +53,10 @@ def test_the_forwarded_client_is_logged_and_passed_on_for_one_transaction(tmp_pa
     # The rest of what the score log keeps of the client: the forwarded queue id (IDENT), HELO
     # and NAME for the first; for the second, only the HELO name the MTA itself gave spamd.
     assert [row.queue_id for row in p.sink.rows] == ["4dQ7x2Zc1Bz", ""]
+    # The log line of each message names the queue id too, for a grep of both logs.
+    lines = [r.getMessage() for r in caplog.records if r.name == "spamd.smtp"]
+    lines = [line for line in lines if line.startswith("<x1@example.org> id=")]
+    assert ["client=192.0.2.7 queue_id=4dQ7x2Zc1Bz from=" in line for line in lines] == [True, False], lines
     assert [row.extra for row in p.sink.rows] == [{"helo": "odd+helo.example", "client_name": "mx.sender.example"},
                                                   {"helo": "mta.example.org"}]
 

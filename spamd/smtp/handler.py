@@ -153,7 +153,8 @@ class ProxyHandler:
     def _log(self, envelope: Envelope, client: xforward.LoggedClient, raw: bytes, mid: str, log_id: str,
              verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:
         outcome, failure = _outcome(action, reply)
-        log.info("%s id=%s client=%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, client.addr or "-",
+        log.info("%s id=%s client=%s%s from=<%s> rcpts=%d %s score=%s -> %s (%.1f ms)", mid, log_id, client.addr or "-",
+                 f" queue_id={client.queue_id}" if client.queue_id else "",
                  envelope.mail_from, len(envelope.rcpt_tos), verdict.label if verdict else "unknown",
                  f"{verdict.score:.4f}" if verdict else "-", reply.line, latency)
         self.sink.submit(ScoreLogRow(

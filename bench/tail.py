@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench.corpus import machine, rows
-from bench.load import Client, closed_loop, start_sink, start_spamd, wire
+from bench.load import Client, closed_loop, scoring_extra, start_sink, start_spamd, wire
 
 CLIENTS, WORKERS = 32, 2
 
@@ -88,7 +88,7 @@ def run(models: Path, sink_port: int, msgs: list[bytes], folders: list[str],
         args: argparse.Namespace) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="spamd-tail-"))
     try:
-        proc, port = start_spamd(tmp, models, sink_port, WORKERS, True, CLIENTS)
+        proc, port = start_spamd(tmp, models, sink_port, WORKERS, True, CLIENTS, scoring_extra(args))
         try:
             asyncio.run(closed_loop(port, msgs, CLIENTS, 2))  # warm-up
             lat, split = asyncio.run(fixed_rate(port, msgs, args.rate, args.seconds, args.balance))
@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--order", choices=("file", "shuffled"), default="file")
     ap.add_argument("--balance", action="store_true", help="keep an equal number of connections on each worker")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--batch-max", type=int, default=None, help="[scoring] batch_max (default: the config's)")
+    ap.add_argument("--batch-wait-ms", type=float, default=None,
+                    help="[scoring] batch_wait_ms (default: the config's)")
     ap.add_argument("--models", default="models")
     ap.add_argument("--json", default="bench/out/tail.json")
     args = ap.parse_args()
@@ -134,7 +137,7 @@ def main() -> None:
         sink.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"machine": machine(), "rate": args.rate, "seconds": args.seconds, "order": args.order,
-              "balance": args.balance, "runs": runs}
+              "balance": args.balance, "scoring_overrides": scoring_extra(args) or None, "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
 

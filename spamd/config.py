@@ -63,7 +63,7 @@ class ScoringConfig:
     timeout: float = 10.0
     threads: int = 1
     batch_max: int = 32
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True)

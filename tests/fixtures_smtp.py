@@ -257,7 +257,7 @@ def proxy_config(models_dir: Path, delivery_url: str, base_dir: Path, **scoring:
     """A Config for tests, built directly: loopback on a free port, the given models and downstream."""
     smtp = SmtpConfig(listen="127.0.0.1:0", drain_timeout=10.0, idle_timeout=30.0, workers=1)
     delivery = DeliveryConfig(url=delivery_url, timeout=10.0, pool_size=4)
-    scoring_cfg = replace(ScoringConfig(models_dir=str(models_dir), batch_wait_ms=2.0), **scoring)
+    scoring_cfg = replace(ScoringConfig(models_dir=str(models_dir)), **scoring)
     database = DatabaseConfig(url=f"sqlite:///{base_dir / 'spamd.db'}")
     return Config(smtp=smtp, delivery=delivery, scoring=scoring_cfg, database=database, base_dir=base_dir)
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 
 from tests.fixtures_models import TrainedTiny
 from tests.fixtures_smtp import proxy_config
@@ -32,10 +33,11 @@ async def _all(port: int) -> None:
     await asyncio.gather(*(_client(port, c) for c in range(CONNECTIONS)))
 
 
+@pytest.mark.parametrize("wait_ms", [0.0, 2.0])  # the default (batches are what queued during the last), and a wait
 def test_50_connections_x_20_messages_each_delivered_exactly_once(tiny_trained: TrainedTiny, tmp_path: Path,
-                                                                   capture, proxy):
+                                                                   capture, proxy, wait_ms: float):
     down = capture()
-    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path, batch_wait_ms=wait_ms)
     p = proxy(cfg)
     asyncio.run(_all(p.port))
     total = CONNECTIONS * PER_CONNECTION

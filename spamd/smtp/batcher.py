@@ -36,7 +36,7 @@ def isolate(fn: Callable[[list[T]], list[U]], items: list[T]) -> list[U | Scorin
 
 
 class Batcher:
-    def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.002) -> None:
+    def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.0) -> None:
         self.scorer = scorer  # swapped by reload(); a running batch keeps the one it started with
         self.max_batch, self.wait_s = max(1, max_batch), wait_s
         self.batches = self.scored = 0  # counters, for tests and benchmarks

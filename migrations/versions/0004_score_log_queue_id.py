@@ -3,6 +3,10 @@
 An operator holding a queue id from the MTA's log looks up spamd's verdict with
 `spamd logs --queue-id`. Rows written before this revision have "".
 
+Building the index reads the whole table, and inserts into it wait meanwhile (a running
+daemon's writer keeps its rows, in memory or in its spool, so none is lost): on a large score log,
+upgrade when mail is quiet, or purge old rows first (`spamd logs purge --older-than`).
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-26

@@ -1,7 +1,7 @@
 """Where the latency tail comes from: each message's latency through `spamd serve` at a fixed rate.
 
     python -m bench.tail [--rate 450] [--seconds 10] [--order file|shuffled] [--balance]
-                         [--runs 1] [--json bench/out/tail.json]
+                         [--batch-max N] [--batch-wait-ms MS] [--runs 1] [--json bench/out/tail.json]
 
 `bench.load` gives p50/p99 at half of the peak; this gives, for the same kind of run (2
 workers, 32 client connections, the SPLIT test messages, the load generator and sink of
@@ -12,6 +12,8 @@ connection to a worker, so 32 connections split 16/16 only by chance, and a clie
 each worker a share of the messages in proportion to its connections. `--balance` opens 64
 connections and keeps 16 on each worker, to measure what an even split would give.
 Latency here is raw (arrival → 250), not minus the sink's own, as `bench.load` reports it.
+Each run also gives the daemon's RSS before and after, and the messages the sink counted
+against those answered 250: with a long `--seconds`, a soak test for leaks and loss.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.corpus import machine, rows
-from bench.load import Client, closed_loop, scoring_extra, start_sink, start_spamd, wire
+from bench.load import Client, closed_loop, memory_mb, scoring_extra, sink_count, start_sink, start_spamd, wire
 
 CLIENTS, WORKERS = 32, 2
 
@@ -91,7 +93,9 @@ def run(models: Path, sink_port: int, msgs: list[bytes], folders: list[str],
         proc, port = start_spamd(tmp, models, sink_port, WORKERS, True, CLIENTS, scoring_extra(args))
         try:
             asyncio.run(closed_loop(port, msgs, CLIENTS, 2))  # warm-up
+            rss_before, at_sink = memory_mb(proc.pid), sink_count(sink_port)
             lat, split = asyncio.run(fixed_rate(port, msgs, args.rate, args.seconds, args.balance))
+            rss_after, at_sink = memory_mb(proc.pid), sink_count(sink_port) - at_sink
         finally:
             proc.terminate()
             proc.wait()
@@ -101,6 +105,8 @@ def run(models: Path, sink_port: int, msgs: list[bytes], folders: list[str],
     slowest = sorted(lat, key=lambda x: -x[1])[: max(1, len(lat) // 100)]
     return {"connections_per_worker": split, "sent": len(lat),
             "failed": sum(1 for _, ms in lat if ms == float("inf")),
+            "answered_250": sum(1 for _, ms in lat if ms != float("inf")), "delivered_at_sink": at_sink,
+            "rss_mb_before_after": [rss_before["rss_mb"], rss_after["rss_mb"]],
             "p50_ms": round(ordered[len(ordered) // 2], 1), "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 1),
             "max_ms": round(ordered[-1], 1),
             "slowest_1pct_by_folder": dict(collections.Counter(folders[i % len(msgs)] for i, _ in slowest))}

@@ -17,8 +17,6 @@ import torch
 
 from spamd.config import RnnRule
 
-RNN_RULES: tuple[RnnRule, ...] = ("never", "uncertain", "long", "always")
-
 
 @dataclass(frozen=True)
 class Combiner:

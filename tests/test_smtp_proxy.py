@@ -161,3 +161,20 @@ def test_a_utf8_sender_for_a_downstream_without_smtputf8_is_refused_not_mangled(
     [item] = down.wait_for(1)
     assert item.mail_from == "joerg@example.org" and "SMTPUTF8" not in item.mail_options
     assert down.connections == 1  # the refusal gave its connection back to the pool
+
+
+def test_a_utf8_recipient_for_a_downstream_without_smtputf8_is_refused_alone(tiny_trained: TrainedTiny,
+                                                                              tmp_path: Path, capture, proxy):
+    # The sender is ASCII, so MAIL goes through; the UTF-8 recipient cannot be passed on, and
+    # gets spamd's 553 5.6.7 without reaching the downstream; the other recipient gets the mail.
+    down = capture(smtputf8=False)
+    down.behaviour.refuse["zoë@example.net"] = "550 5.1.1 Had it been sent on, this would be the answer"
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        refused = client.sendmail("joerg@example.org", ["zoë@example.net", "bob@example.net"], UTF8_MAIL,
+                                  mail_options=["SMTPUTF8"])
+    assert refused == {"zoë@example.net": (553, b"5.6.7 Downstream mail server does not support SMTPUTF8")}
+    [item] = down.wait_for(1)
+    assert (item.mail_from, item.rcpt_tos) == ("joerg@example.org", ("bob@example.net",))
+    [row] = p.sink.rows
+    assert row.recipients == ("bob@example.net",)

@@ -56,6 +56,8 @@ class SmtpTransaction:
     async def add_recipient(self, address: str, options: list[str]) -> Reply:
         if self.client is None:
             return UNAVAILABLE
+        if not address.isascii() and not self.client.supports_extension("smtputf8"):
+            return NO_SMTPUTF8  # as for a UTF-8 sender at MAIL: refused here, never downgraded
         try:
             resp = await self.client.execute_command(b"RCPT", b"TO:<" + _addr(address) + b">",
                                                      *_dsn(self.client, options, dsn.RCPT))

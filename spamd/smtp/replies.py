@@ -22,8 +22,9 @@ DOWNSTREAM_NO_TLS = "451 4.7.4 Downstream mail server offers no TLS, try again l
 # The TLS handshake with the downstream failed, or its certificate did not verify (tls = "verify").
 DOWNSTREAM_TLS_FAILED = "451 4.7.5 TLS with the downstream mail server failed, try again later"
 
-# A sender address in UTF-8 (SMTPUTF8) for a downstream that does not offer SMTPUTF8: as Postfix
-# answers it, since such an address cannot be passed on in ASCII (RFC 6531).
+# A sender or recipient address in UTF-8 (SMTPUTF8) for a downstream that does not offer
+# SMTPUTF8: as Postfix answers it, since such an address cannot be passed on in ASCII (RFC 6531).
+# A refused recipient leaves the others of the transaction as they are.
 DOWNSTREAM_NO_SMTPUTF8 = "553 5.6.7 Downstream mail server does not support SMTPUTF8"
 
 # Scoring failed and [scoring] on_failure = "tempfail".

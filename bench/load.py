@@ -1,7 +1,7 @@
 """End-to-end load on `spamd serve`: N SMTP clients send the SPLIT test messages through it to a sink.
 
     python -m bench.load [--seconds 10] [--clients 32] [--workers 1,2] [--order file|shuffled]
-                         [--json bench/out/load.json]
+                         [--pairs 0] [--pair-seconds 5] [--json bench/out/load.json]
 
 For each worker count, the same daemon runs twice: scoring on, and scoring off (the null
 proxy, `[scoring] enabled = false`). Each run measures the peak (closed loop: every client
@@ -13,6 +13,9 @@ the counts prove every message arrived exactly once. RSS is summed over the daem
 processes (PSS counts their shared pages once). Where Debian's postfix package is installed,
 each configuration is also driven by `smtp-source` into `smtp-sink` (synthetic 5 kB messages,
 both in C). The load generator, the sink and the daemon share the machine's cores.
+
+`--pairs N` then measures the ratio again from N short peaks of each daemon taken in turn
+(`alternating_pairs`), for its spread on a box whose speed moves from minute to minute.
 """
 
 from __future__ import annotations
@@ -315,6 +318,42 @@ def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Na
             "answered_250": answered_250, "delivered_at_sink": delivered}
 
 
+def alternating_pairs(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namespace, sink_port: int,
+                      workers: int) -> dict[str, object]:
+    """The ratio to the null proxy from short peaks taken in turn, both daemons up at once.
+
+    A shared box's speed can move by half within minutes, and one peak of each, minutes apart,
+    measures that as much as the scoring. Here the two daemons' peaks alternate, `--pairs` times
+    (scoring first in even pairs, null first in odd ones, so a steady drift cancels), and each
+    pair's ratio comes from two windows `--pair-seconds` apart. The idle daemon waits on its socket.
+    """
+    procs = [start_spamd(tmp, models_dir, sink_port, workers, scoring, args.pool, scoring_extra(args))
+             for scoring in (True, False)]
+    try:
+        before = sink_count(sink_port)
+        answered = 0
+        for _, port in procs:  # warm-up: pools, caches, SQLite
+            answered += int(asyncio.run(closed_loop(port, msgs, args.clients, 2))["sent"])
+        pairs = []
+        for k in range(args.pairs):
+            rates: dict[bool, float] = {}
+            for scoring in ((True, False) if k % 2 == 0 else (False, True)):
+                peak = asyncio.run(closed_loop(procs[0 if scoring else 1][1], msgs, args.clients, args.pair_seconds))
+                answered += int(peak["sent"])
+                rates[scoring] = peak["messages_per_s"]
+            pairs.append({"scoring": rates[True], "null": rates[False], "ratio": round(rates[True] / rates[False], 3)})
+        delivered = sink_count(sink_port) - before
+    finally:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs:
+            proc.wait(60)
+    ratios = sorted(float(p["ratio"]) for p in pairs)
+    return {"workers": workers, "pair_seconds": args.pair_seconds, "pairs": pairs,
+            "ratio_median": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "answered_250": answered, "delivered_at_sink": delivered}
+
+
 def postfix_tools(tmp: Path, models_dir: Path, workers: int, scoring: bool, args: argparse.Namespace,
                   messages: int = 3000) -> dict[str, object] | None:
     """Postfix's `smtp-source` → spamd → `smtp-sink` (synthetic 5 kB messages), where the package is installed."""
@@ -353,6 +392,9 @@ def main() -> None:
     ap.add_argument("--order", choices=("file", "shuffled"), default="file",
                     help="file: SPLIT.tsv's order, grouped by folder, so the 55 hard_ham test messages "
                          "(large HTML, many sent to the RNN) arrive as one burst; shuffled: mixed, seed 0")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="then this many alternating peaks of the scoring and null daemons (the ratio's spread)")
+    ap.add_argument("--pair-seconds", type=float, default=5.0, help="each alternating peak's length")
     ap.add_argument("--json", default="bench/out/load.json")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -387,6 +429,8 @@ def report(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namesp
         if r["scoring"]:
             rate = r["half_peak"]["rate"]  # type: ignore[index]
             direct[str(r["workers"])] = asyncio.run(open_loop(sink_port, msgs, rate, args.seconds, args.clients))
+    pairs = [alternating_pairs(tmp, models_dir, msgs, args, sink_port, int(w))
+             for w in args.workers.split(",")] if args.pairs > 0 else []
     postfix = [postfix_tools(tmp, models_dir, int(w), scoring, args)
                for w in args.workers.split(",") for scoring in (True, False)]
     for r in runs:
@@ -399,7 +443,7 @@ def report(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namesp
             r["ratio_to_null"] = round(r["peak"]["messages_per_s"] / null["peak"]["messages_per_s"], 2)  # type: ignore[index]
     return {"machine": machine(), "messages": len(msgs), "order": args.order,
             "clients": args.clients, "seconds": args.seconds, "scoring_overrides": scoring_extra(args) or None,
-            "runs": runs, "sink_alone_at_same_rate": direct,
+            "runs": runs, "sink_alone_at_same_rate": direct, "alternating_pairs": pairs,
             "smtp_source_to_smtp_sink": [p for p in postfix if p is not None]}
 
 

@@ -24,7 +24,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check spamd tests bench
-	$(BIN)/mypy spamd
+	$(BIN)/mypy spamd bench
 
 # The starter models: both networks trained on the train rows of the shared corpus's SPLIT.tsv.
 CORPUS ?= ../shared/corpora/spamassassin

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -92,4 +91,4 @@ def print_table(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

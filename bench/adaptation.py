@@ -105,12 +105,13 @@ def adapt(work: Path, base_dir: Path, base: str, starter: Path, chosen: list[Row
     result = job.run(cfg)
     secs = round(time.monotonic() - started, 1)
     cand = evaluate(modelstore.load(site / "models", result.candidate), test_raw, labels) if result.candidate else None
+    bogo_k = bogofilter(chosen, [], test, labels)
     run = {"k": len(chosen), "outcome": result.outcome, "retrain_seconds": secs, "error": result.error,
-           "job_metrics": result.metrics, "candidate": cand, "bogofilter_k": bogofilter(chosen, [], test, labels),
+           "job_metrics": result.metrics, "candidate": cand, "bogofilter_k": bogo_k,
            "bogofilter_base_plus_k": bogofilter(chosen, old, test, labels)}
     run["summary"] = {"k": len(chosen), "outcome": result.outcome, "seconds": secs,
                       "candidate_1-roca%": cand and cand["one_minus_roca_pct"],
-                      "bogo_k_1-roca%": run["bogofilter_k"]["one_minus_roca_pct"]}
+                      "bogo_k_1-roca%": bogo_k["one_minus_roca_pct"]}
     return run
 
 
@@ -164,4 +165,4 @@ def row(m: dict[str, Any], k: object, name: str, outcome: str, secs: object) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -12,8 +12,10 @@ import json
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,10 +74,9 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     for batch in (1, 32):
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
         padded = [pad(chunk, window) for chunk in chunks]
-        out[f"cnn forward, batch {batch}, ms/msg"] = best_ms_per_msg(
-            lambda padded=padded: [scorer.models.cnn(x) for x in padded], len(ids))
-        out[f"FusedCNN, batch {batch}, ms/msg"] = best_ms_per_msg(
-            lambda chunks=chunks: [scorer.cnn(chunk) for chunk in chunks], len(ids))
+        out[f"cnn forward, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, scorer.models.cnn, padded),
+                                                                    len(ids))
+        out[f"FusedCNN, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, scorer.cnn, chunks), len(ids))
     pending = [p for p in scorer.read(raws) if isinstance(p, RnnPending)]
     out["rnn: messages consulted"] = len(pending)
     padded_rnn = pad([p.ids() for p in pending], scorer.models.rnn.cfg.window)
@@ -105,6 +106,10 @@ def idle_gaps(scorer: Scorer, raws: list[bytes], gap_ms: float = 8.0, rounds: in
                 cpu += time.thread_time() - t
             out[label].append(round(cpu * 1000 / len(raws), 3))
     return {f"read CPU ms/msg, {label}": min(v) for label, v in out.items()}
+
+
+def _each(fn: Callable[[Any], object], items: Sequence[Any]) -> list[object]:
+    return [fn(item) for item in items]
 
 
 def parse_times(models_tok: object) -> dict[str, float]:

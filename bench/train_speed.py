@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ def dump(path: Path) -> None:
     from bench.corpus import rows
 
     tok = TokenizerConfig()
-    data = {"train": [], "test": []}
+    data: dict[str, list[dict[str, object]]] = {"train": [], "test": []}
     for r in rows():
         raw = r.raw()
         data[r.split].append({"ids": token_ids(parse(raw), tok), "label": r.label, "key": fingerprint(raw)})
@@ -64,7 +65,7 @@ def evaluate(models: ModelSet, test: list[Sample], rule: str = "uncertain") -> d
     return {"one_minus_roca_pct": round(rep.one_minus_roca_pct, 4), "fpr": rep.fpr, "fnr": rep.fnr}
 
 
-def long_subset(models: ModelSet, test: list[Sample]) -> dict[str, dict[str, float]]:
+def long_subset(models: ModelSet, test: list[Sample]) -> dict[str, object]:
     """CNN alone against the combination, on the messages longer than the CNN's window."""
     long = [s for s in test if len(s.ids) > models.cnn.cfg.window]
     return {"n": len(long), "cnn_alone": evaluate(models, long, "never"), "combined": evaluate(models, long, "always")}
@@ -110,11 +111,13 @@ def main() -> None:
         for buckets in (1 << 14, 1 << 16, 1 << 19):
             runs.append(one_run(train_set, test, replace(base, cnn=replace(CNNConfig(), buckets=buckets))))
     if args.rnn_sweep:
-        for kw in ({"hidden": 96}, {"stride": 2}, {"hidden": 96, "embed_dim": 64, "stride": 2}):
+        rnn_kws: list[dict[str, Any]] = [{"hidden": 96}, {"stride": 2}, {"hidden": 96, "embed_dim": 64, "stride": 2}]
+        for kw in rnn_kws:
             runs.append(one_run(train_set, test, replace(base, rnn=replace(RNNConfig(), **kw))))
     if args.cnn_sweep:
-        for kw in ({"embed_dim": 32, "filters": 64}, {"filters": 64}, {"widths": (1, 2, 3)},
-                   {"embed_dim": 32, "filters": 64, "widths": (1, 2, 3)}):
+        cnn_kws: list[dict[str, Any]] = [{"embed_dim": 32, "filters": 64}, {"filters": 64}, {"widths": (1, 2, 3)},
+                                         {"embed_dim": 32, "filters": 64, "widths": (1, 2, 3)}]
+        for kw in cnn_kws:
             runs += [one_run(train_set, test, replace(base, seed=seed, cnn=replace(CNNConfig(), **kw)))
                      for seed in seeds]
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,11 @@ def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: 
 
 UTF8_MAIL = ("Subject: Grüße aus Köln\r\nFrom: Jörg <jörg@exämple.org>\r\nMessage-ID: <u1@example.org>\r\n"
              "Content-Type: text/plain; charset=utf-8\r\n\r\nBis morgen, schöne Grüße.\r\n").encode()
+# UTF-8 in the body only: 8BITMIME carries it, SMTPUTF8 is not needed.
+UTF8_BODY_MAIL = ("Subject: Greetings from Cologne\r\nFrom: Joerg <joerg@example.org>\r\n"
+                  "Message-ID: <u2@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                  "Bis morgen, schöne Grüße.\r\n").encode()
 
 
 def test_smtputf8_mail_is_scored_and_passed_on_with_its_utf8_envelope(tiny_trained: TrainedTiny, tmp_path: Path,
@@ -156,11 +161,35 @@ def test_a_utf8_sender_for_a_downstream_without_smtputf8_is_refused_not_mangled(
         assert (err.value.smtp_code, err.value.smtp_error) == (553, b"5.6.7 Downstream mail server does not "
                                                                     b"support SMTPUTF8")
         client.rset()
-        # An ASCII envelope needs no SMTPUTF8: it goes on without the parameter.
-        assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL, mail_options=["SMTPUTF8"]) == {}
+        # An ASCII envelope and ASCII headers need no SMTPUTF8: the message goes on without the parameter.
+        assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_BODY_MAIL,
+                               mail_options=["SMTPUTF8"]) == {}
     [item] = down.wait_for(1)
     assert item.mail_from == "joerg@example.org" and "SMTPUTF8" not in item.mail_options
+    assert item.content.endswith(UTF8_BODY_MAIL)
     assert down.connections == 1  # the refusal gave its connection back to the pool
+
+
+def test_utf8_headers_sent_with_smtputf8_are_refused_for_a_downstream_without_it(tiny_trained: TrainedTiny,
+                                                                                 tmp_path: Path, capture, proxy):
+    # As Postfix's SMTP client: a message sent with SMTPUTF8 whose headers hold UTF-8 is never
+    # passed to a server without SMTPUTF8 (RFC 6531), even with an ASCII envelope. The refusal
+    # comes at DATA's end, the first moment a proxy sees the headers; the sender's MTA bounces it.
+    down = capture(smtputf8=False)
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL, mail_options=["SMTPUTF8"])
+        assert (err.value.smtp_code, err.value.smtp_error) == (
+            554, b"5.6.9 UTF-8 headers, and the downstream mail server does not support SMTPUTF8")
+        # Sent without SMTPUTF8, the same message goes on as it is, as Postfix passes it.
+        assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL) == {}
+    [item] = down.wait_for(1)
+    assert item.content.endswith(UTF8_MAIL) and "SMTPUTF8" not in item.mail_options
+    assert down.connections == 1  # the refused transaction was reset and its connection reused
+    refused, passed = p.sink.rows
+    assert refused.action.endswith("delivery 554") and "5.6.9" in refused.error
+    assert passed.error == "" and passed.verdict in ("ham", "spam")
 
 
 def test_a_utf8_recipient_for_a_downstream_without_smtputf8_is_refused_alone(tiny_trained: TrainedTiny,
@@ -171,7 +200,7 @@ def test_a_utf8_recipient_for_a_downstream_without_smtputf8_is_refused_alone(tin
     down.behaviour.refuse["zoë@example.net"] = "550 5.1.1 Had it been sent on, this would be the answer"
     p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
     with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
-        refused = client.sendmail("joerg@example.org", ["zoë@example.net", "bob@example.net"], UTF8_MAIL,
+        refused = client.sendmail("joerg@example.org", ["zoë@example.net", "bob@example.net"], UTF8_BODY_MAIL,
                                   mail_options=["SMTPUTF8"])
     assert refused == {"zoë@example.net": (553, b"5.6.7 Downstream mail server does not support SMTPUTF8")}
     [item] = down.wait_for(1)

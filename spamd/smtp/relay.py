@@ -12,6 +12,10 @@ after the first EHLO, then EHLO again (RFC 3207: what was said before TLS no lon
 A connection that falls short of the policy is closed, and the transaction is answered
 `451 4.7.4` (no STARTTLS offered) or `451 4.7.5` (handshake or certificate check failed), with
 the reason in the log: the client retries, nothing is lost.
+
+A downstream without SMTPUTF8 is treated as Postfix's SMTP client treats one (RFC 6531): a UTF-8
+sender is refused at MAIL, a UTF-8 recipient at RCPT, and a message sent with SMTPUTF8 whose
+headers hold UTF-8 at DATA's end (replies.py); nothing is downgraded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Mapping
 from aiosmtplib import SMTP, SMTPConnectError, SMTPException, SMTPResponseException, SMTPServerDisconnected
 
 from spamd.errors import DeliveryTempFail
+from spamd.mail.headers import split_header_block
 from spamd.smtp import dsn, replies, xforward
 from spamd.smtp.forward import Reply, Transaction
 from spamd.smtp.tls import DownstreamTls
@@ -33,6 +38,7 @@ UNAVAILABLE = Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
 NO_TLS = Reply.parse(replies.DOWNSTREAM_NO_TLS)
 TLS_FAILED = Reply.parse(replies.DOWNSTREAM_TLS_FAILED)
 NO_SMTPUTF8 = Reply.parse(replies.DOWNSTREAM_NO_SMTPUTF8)
+NO_SMTPUTF8_HEADERS = Reply.parse(replies.DOWNSTREAM_NO_SMTPUTF8_HEADERS)
 # Raised by a connection that fails in any way; each is answered 451, never 250.
 FAILURES = (SMTPException, OSError, TimeoutError)
 
@@ -49,9 +55,10 @@ def _addr(address: str) -> bytes:
 
 
 class SmtpTransaction:
-    def __init__(self, pool: SmtpDownstream, client: SMTP) -> None:
+    def __init__(self, pool: SmtpDownstream, client: SMTP, smtputf8: bool) -> None:
         self.pool = pool
         self.client: SMTP | None = client
+        self.smtputf8 = smtputf8  # the client's MAIL asked for SMTPUTF8
 
     async def add_recipient(self, address: str, options: list[str]) -> Reply:
         if self.client is None:
@@ -73,6 +80,10 @@ class SmtpTransaction:
     async def send(self, message: bytes) -> Reply:
         if self.client is None:
             return UNAVAILABLE
+        if self.smtputf8 and not self.client.supports_extension("smtputf8") \
+                and not split_header_block(message)[0].isascii():
+            await self.abort()
+            return NO_SMTPUTF8_HEADERS
         try:
             resp = await self.client.data(message)
         except SMTPResponseException as exc:
@@ -156,7 +167,7 @@ class SmtpDownstream:
                     client.close()
                 self._slots.release()
                 raise
-            txn = SmtpTransaction(self, client)
+            txn = SmtpTransaction(self, client, any(o.upper() == "SMTPUTF8" for o in options))
             if resp.code != 250:
                 await txn.abort()
                 return Reply(resp.code, resp.message)

@@ -181,14 +181,14 @@ def test_utf8_headers_sent_with_smtputf8_are_refused_for_a_downstream_without_it
         with pytest.raises(smtplib.SMTPDataError) as err:
             client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL, mail_options=["SMTPUTF8"])
         assert (err.value.smtp_code, err.value.smtp_error) == (
-            554, b"5.6.9 UTF-8 headers, and the downstream mail server does not support SMTPUTF8")
+            550, b"5.6.9 UTF-8 headers, and the downstream mail server does not support SMTPUTF8")
         # Sent without SMTPUTF8, the same message goes on as it is, as Postfix passes it.
         assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_MAIL) == {}
     [item] = down.wait_for(1)
     assert item.content.endswith(UTF8_MAIL) and "SMTPUTF8" not in item.mail_options
     assert down.connections == 1  # the refused transaction was reset and its connection reused
     refused, passed = p.sink.rows
-    assert refused.action.endswith("delivery 554") and "5.6.9" in refused.error
+    assert refused.action.endswith("delivery 550") and "5.6.9" in refused.error
     assert passed.error == "" and passed.verdict in ("ham", "spam")
 
 

@@ -29,9 +29,10 @@ DOWNSTREAM_NO_SMTPUTF8 = "553 5.6.7 Downstream mail server does not support SMTP
 
 # A message sent with SMTPUTF8 whose header block holds UTF-8, for a downstream that does not offer
 # SMTPUTF8: refused at DATA's end (RFC 6531: such a message is never passed on to a server without
-# SMTPUTF8), as Postfix's own SMTP client refuses it. X.6.9 is RFC 6531's code for a UTF-8 header
-# message that cannot be transferred. Mail sent without SMTPUTF8 goes on as it is, as in Postfix.
-DOWNSTREAM_NO_SMTPUTF8_HEADERS = "554 5.6.9 UTF-8 headers, and the downstream mail server does not support SMTPUTF8"
+# SMTPUTF8), as Postfix's own SMTP client refuses it. X.6.9, with 550, is RFC 6531's code for a UTF-8
+# header message that cannot be transferred, after DATA's final dot. Mail sent without SMTPUTF8
+# goes on as it is, as in Postfix.
+DOWNSTREAM_NO_SMTPUTF8_HEADERS = "550 5.6.9 UTF-8 headers, and the downstream mail server does not support SMTPUTF8"
 
 # Scoring failed and [scoring] on_failure = "tempfail".
 SCORING_TEMPFAIL = "451 4.3.0 Spam filter unavailable, try again later"

@@ -111,12 +111,15 @@ Setup = tuple[PostfixInstance, SpamdProcess]
 
 @pytest.fixture
 def mail_system(tiny_trained: TrainedTiny, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
-    """Factory: `mail_system(mode, reject_threshold=...)` starts Postfix in MODE and spamd between its halves."""
+    """Factory: `mail_system(mode, reject_threshold=..., reinjection={...})` starts Postfix in MODE and spamd
+    between its halves; `reinjection` sets parameters on the reinjection port's smtpd only."""
     made: list[Setup] = []
 
-    def make(mode: str, reject_threshold: str = "false") -> Setup:
+    def make(mode: str, reject_threshold: str = "false", reinjection: dict[str, str] | None = None) -> Setup:
         spamd_port = free_port()
         postfix = PostfixInstance(mode, spamd_port)
+        for name, value in (reinjection or {}).items():  # `-o name=value` on the reinjection smtpd
+            postfix.postfix("postconf", "-P", f"127.0.0.1:{postfix.reinject_port}/inet/{name}={value}")
         spamd = SpamdProcess(tmp_path / mode, tiny_trained.models_dir, spamd_port, postfix.reinject_port,
                              reject_threshold)
         made.append((postfix, spamd))
@@ -253,6 +256,30 @@ def test_after_queue_passes_internationalised_mail_on(mail_system: Callable[...,
     assert header(delivered[0], b"X-Spam-Flag") in (b"YES", b"NO")
     assert header(delivered[0], b"Return-Path") == "<jörg@exämple.org>".encode()
     assert postfix.queue() == []
+
+
+@pytest.mark.slow
+@needs_postfix
+def test_after_queue_utf8_headers_bounce_when_reinjection_lacks_smtputf8(mail_system: Callable[..., Setup]):
+    # With `smtputf8_enable = no` on the reinjection port, Postfix's own SMTP client would refuse a
+    # message sent with SMTPUTF8 whose headers hold UTF-8; spamd, between the two, refuses it too
+    # (550 5.6.9 at DATA's end), so Postfix bounces it instead of passing it on. A message with
+    # ASCII headers and an ASCII envelope needs no SMTPUTF8 and is delivered.
+    postfix, spamd = mail_system("after-queue", reinjection={"smtputf8_enable": "no"})
+    utf8 = "Comments: Grüße aus Köln\r\n".encode() + with_id(fixture_mail("train", "ham")[0], "aq-utf8-head")
+    ascii_head = with_id(fixture_mail("train", "ham")[1], "aq-ascii-head")
+    with smtplib.SMTP("127.0.0.1", postfix.public_port, timeout=60) as client:
+        for raw in (utf8, ascii_head):
+            assert client.sendmail("alice@example.org", [MAILBOX], raw, mail_options=["SMTPUTF8"]) == {}
+    delivered = postfix.wait_delivered(1)
+    log = ""
+    deadline = time.monotonic() + 15
+    while "status=bounced" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = postfix.log()
+    assert [header(m, b"X-Test-Id") for m in delivered] == [b"aq-ascii-head"], log + spamd.log()
+    bounced = re.search(r"postfix/spamd/smtp\[\d+\]: \w+: to=<bob@example.net>.*status=bounced \((.*)\)", log)
+    assert bounced and "550 5.6.9" in bounced.group(1), log
 
 
 @pytest.mark.slow

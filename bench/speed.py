@@ -92,8 +92,9 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
 
 def idle_gaps(scorer: Scorer, raws: list[bytes], gap_ms: float = 8.0, rounds: int = 2) -> dict[str, float]:
     """`Scorer.read`'s CPU time per message (this thread's), one message at a time, back to back
-    and with the thread asleep `gap_ms` before each, in turn. A daemon at half of its peak sleeps
-    between messages; on a virtual machine a vCPU that sleeps may come back to cold caches."""
+    and with the thread asleep `gap_ms` before each, in turn. A daemon below its peak sleeps
+    between messages, and on the README's box a read right after a sleep costs more (why is not
+    measured there: that VM has no performance counters)."""
     out: dict[str, list[float]] = {"back to back": [], f"after {gap_ms:g} ms asleep": []}
     for _ in range(rounds):
         for label, gap in zip(out, (0.0, gap_ms / 1000), strict=True):

@@ -10,7 +10,9 @@ that peak (open loop: messages arrive at a fixed rate, latency counted from the 
 queueing shows). "Added latency" is the proxy's percentile minus that of the sink alone at
 the same rate. The sink (below, or Postfix's `smtp-sink` when installed) only counts, so
 the counts prove every message arrived exactly once. RSS is summed over the daemon's
-processes (PSS counts their shared pages once). Where Debian's postfix package is installed,
+processes (PSS counts their shared pages once). The daemon's CPU at the peak is also given by
+thread (spamd names its threads for the OS: the workers' event loops, spamd-score, spamd-rnn,
+spamd-scorelog), which says where a message's CPU goes. Where Debian's postfix package is installed,
 each configuration is also driven by `smtp-source` into `smtp-sink` (synthetic 5 kB messages,
 both in C). The load generator, the sink and the daemon share the machine's cores.
 
@@ -287,16 +289,38 @@ def cpu_s(pids: list[int]) -> float:
     return total / tick
 
 
+def thread_cpu_s(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by these processes' threads, summed by thread name (spamd names
+    its threads for the OS: spamd-worker-N, spamd-score, spamd-rnn, spamd-scorelog...; a worker's
+    number is dropped, so both workers' event loops add up under "spamd-worker")."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for p in pids:
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            name = re.sub(r"-\d+$", "", name)
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def peak_with_cpu(port: int, msgs: list[bytes], clients: int, seconds: float, daemon: list[int],
-                  sink: int) -> dict[str, float]:
-    """The closed-loop peak, with the CPU each party spent per message (robust to a shared machine)."""
+                  sink: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The closed-loop peak, with the CPU each party spent per message (robust to a shared
+    machine), and the daemon's split by thread: where a message's CPU goes."""
     before = (cpu_s(daemon), cpu_s([sink]), time.process_time())
+    threads_before = thread_cpu_s(daemon)
     peak = asyncio.run(closed_loop(port, msgs, clients, seconds))
     spent = (cpu_s(daemon) - before[0], cpu_s([sink]) - before[1], time.process_time() - before[2])
+    threads = thread_cpu_s(daemon)
     n = max(1, int(peak["sent"]))
+    by_thread = {name: round((s - threads_before.get(name, 0.0)) * 1000 / n, 3) for name, s in sorted(threads.items())}
     return {**peak, "cpu_ms_per_msg_daemon": round(spent[0] * 1000 / n, 3),
             "cpu_ms_per_msg_sink": round(spent[1] * 1000 / n, 3),
-            "cpu_ms_per_msg_clients": round(spent[2] * 1000 / n, 3)}
+            "cpu_ms_per_msg_clients": round(spent[2] * 1000 / n, 3)}, {k: v for k, v in by_thread.items() if v > 0}
 
 
 def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namespace, sink: tuple[int, int],
@@ -306,7 +330,7 @@ def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Na
     try:
         before = sink_count(sink_port)
         warm = asyncio.run(closed_loop(port, msgs, args.clients, 2))  # warm-up: pools, caches, SQLite
-        peak = peak_with_cpu(port, msgs, args.clients, args.seconds, tree(proc.pid), sink_pid)
+        peak, by_thread = peak_with_cpu(port, msgs, args.clients, args.seconds, tree(proc.pid), sink_pid)
         memory = memory_mb(proc.pid)
         half = asyncio.run(open_loop(port, msgs, peak["messages_per_s"] / 2, args.seconds, args.clients))
         delivered = sink_count(sink_port) - before
@@ -314,7 +338,8 @@ def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Na
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    return {"workers": workers, "scoring": scoring, "peak": peak, "half_peak": half, **memory,
+    return {"workers": workers, "scoring": scoring, "peak": peak,
+            "peak_daemon_cpu_ms_per_msg_by_thread": by_thread, "half_peak": half, **memory,
             "answered_250": answered_250, "delivered_at_sink": delivered}
 
 

@@ -154,6 +154,7 @@ def test_workers_are_bound_one_cpu_each(tiny_trained: TrainedTiny, tmp_path: Pat
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             workers = [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
             cpus = [os.sched_getaffinity(pid) for pid in workers]
+            names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in workers]
             if not pinned or all(len(c) == 1 for c in cpus) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -161,6 +162,7 @@ def test_workers_are_bound_one_cpu_each(tiny_trained: TrainedTiny, tmp_path: Pat
         code, err = stop(proc)
     assert code == 0, err
     assert len(workers) == 2
+    assert sorted(names) == ["spamd-worker-0", "spamd-worker-1"]  # for ps and top
     if not pinned:
         assert cpus == [allowed, allowed]
     else:
@@ -168,6 +170,21 @@ def test_workers_are_bound_one_cpu_each(tiny_trained: TrainedTiny, tmp_path: Pat
         if len(allowed) > 1:
             assert cpus[0] != cpus[1]
         assert "bound to CPU" in err
+
+
+@pytest.mark.slow
+def test_threads_carry_their_names_for_the_os(tiny_trained: TrainedTiny, tmp_path: Path, capture):
+    """`top -H` and `ps -L` tell the scoring thread from the event loop and the score-log writer."""
+    down = capture()
+    port = free_port()
+    proc = start_serve(write_config(tmp_path, tiny_trained.models_dir, down, port, workers=1), port)
+    try:
+        send(port, HAM % 1)  # the scoring thread starts with the first message
+        names = {p.read_text().strip() for p in Path(f"/proc/{proc.pid}/task").glob("*/comm")}
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert {"spamd-serve", "spamd-score", "spamd-scorelog"} <= names, names
 
 
 def test_freeze_heap_hides_the_heap_from_the_collector_until_the_next_freeze():

@@ -25,6 +25,7 @@ from spamd.config import Config
 from spamd.db.scorelogs import insert_rows
 from spamd.db.spool import Spool
 from spamd.scorelog import ScoreLogRow
+from spamd.threadnames import name_thread
 
 log = logging.getLogger("spamd.db")
 
@@ -84,6 +85,7 @@ class ScoreLogWriter:
         self.flush()
 
     def _run(self) -> None:
+        name_thread("spamd-scorelog")
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()

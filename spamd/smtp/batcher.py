@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from spamd.errors import ScoringError
 from spamd.scorer import RnnPending, Scorer, Verdict
+from spamd.threadnames import name_thread
 
 log = logging.getLogger("spamd.score")
 T = TypeVar("T")
@@ -43,8 +44,8 @@ class Batcher:
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
         self._waiting: list[Waiting] = []  # read by the CNN, waiting for the RNN
         self._wake, self._wake_rnn = asyncio.Event(), asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spamd-score")
-        self._rnn_executor = ThreadPoolExecutor(1, thread_name_prefix="spamd-rnn")
+        self._executor = ThreadPoolExecutor(1, "spamd-score", name_thread, ("spamd-score",))
+        self._rnn_executor = ThreadPoolExecutor(1, "spamd-rnn", name_thread, ("spamd-rnn",))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name="spamd-batcher"),
                        loop.create_task(self._run_rnn(), name="spamd-rnn")]

@@ -28,6 +28,7 @@ from spamd.config import Config
 from spamd.errors import SpamdError
 from spamd.smtp import server
 from spamd.smtp.sinks import check_store, sql_sink
+from spamd.threadnames import name_thread
 
 log = logging.getLogger("spamd.smtp")
 MIN_UPTIME = 10.0  # a worker that dies sooner is not restarted: it would only die again
@@ -35,6 +36,7 @@ MIN_UPTIME = 10.0  # a worker that dies sooner is not restarted: it would only d
 
 def serve(cfg: Config, config_path: str | None, log_level: int = logging.WARNING) -> None:
     """`spamd serve`: one worker in this process, or `[smtp] workers` processes sharing the port."""
+    name_thread("spamd-serve")
     if cfg.smtp.workers <= 1:
         server.run(cfg, config_path, sql_sink)
         return
@@ -107,6 +109,7 @@ def pin(worker: int) -> int | None:
 def _worker(cfg: Config, config_path: str | None, log_level: int, worker: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("mail.log").setLevel(max(log_level, logging.WARNING))
+    name_thread(f"spamd-worker-{worker}")
     if cfg.smtp.pin_workers:
         log.info("worker %d bound to CPU %s", worker, pin(worker))
     sock = server.listen_socket(cfg.smtp.listen, reuse_port=True)

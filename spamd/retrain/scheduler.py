@@ -67,7 +67,8 @@ def start(cfg: Config) -> Scheduler:
         pass  # a clear error for a database that is away or not at head, before APScheduler's own
     engine = make_engine(cfg.database_url)
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE}
-    sched = Scheduler(engine, executors={"default": ThreadPoolExecutor(2, {"initializer": name_thread, "initargs": ("spamd-retrain",)})}, job_defaults=defaults)
+    pool = ThreadPoolExecutor(2, {"initializer": name_thread, "initargs": ("spamd-retrain",)})
+    sched = Scheduler(engine, executors={"default": pool}, job_defaults=defaults)
     sched.start(paused=True)
     _ensure(sched, RETRAIN, retrain_job, retrain_at)
     _ensure(sched, PURGE, purge_job, purge_at)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +95,11 @@ def test_scheduler_keeps_its_jobs_in_the_database_and_waits_for_new_labels(
     cfg = retrain_cfg(min_new_labels=1000, schedule="0 3 * * *")
     sched = scheduler.start(cfg)
     first = sched.get_job(scheduler.RETRAIN).next_run_time
+    ran_on: queue.Queue[str] = queue.Queue()
+    sched.add_jobstore("memory", "mem")  # a job that reports the OS name of the thread it ran on
+    sched.add_job(lambda: ran_on.put(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()),
+                  jobstore="mem")
+    assert ran_on.get(timeout=10).strip() == "spamd-retrain"  # as top -H shows a retrain
     sched.shutdown()
     sched = scheduler.start(cfg)  # the stored job is kept, with its next run time
     assert sched.get_job(scheduler.RETRAIN).next_run_time == first

@@ -80,6 +80,8 @@ class _CaptureHandler:
             responses.insert(len(responses) - 1, f"250-XFORWARD {self.server.xforward}")
         if self.server.dsn:
             responses.insert(len(responses) - 1, "250-DSN")
+        if not self.server.eightbitmime:
+            responses.remove("250-8BITMIME")
         return responses
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -161,11 +163,12 @@ class CaptureServer:
     """A downstream MTA on 127.0.0.1 that keeps what it accepts in `messages`."""
 
     def __init__(self, tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
-                 smtputf8: bool = True, dsn: bool = True) -> None:
+                 smtputf8: bool = True, dsn: bool = True, eightbitmime: bool = True) -> None:
         self.tls_context, self.implicit = tls_context, implicit
         self.xforward = xforward  # the XFORWARD attributes it offers in EHLO ("": it does not)
         self.smtputf8 = smtputf8  # offers SMTPUTF8, as Postfix does by default
         self.dsn = dsn  # offers DSN, as Postfix does
+        self.eightbitmime = eightbitmime  # offers 8BITMIME, as Postfix and every current MTA do
         self.behaviour = Behaviour()
         self.messages: list[Captured] = []
         self.connections = 0  # connections ever made (pooling keeps this small)
@@ -288,8 +291,8 @@ def capture() -> Iterator[Callable[..., CaptureServer]]:
     made: list[CaptureServer] = []
 
     def make(tls_context: ssl.SSLContext | None = None, implicit: bool = False, xforward: str = "",
-             smtputf8: bool = True, dsn: bool = True) -> CaptureServer:
-        made.append(CaptureServer(tls_context, implicit, xforward, smtputf8, dsn))
+             smtputf8: bool = True, dsn: bool = True, eightbitmime: bool = True) -> CaptureServer:
+        made.append(CaptureServer(tls_context, implicit, xforward, smtputf8, dsn, eightbitmime))
         return made[-1]
 
     yield make

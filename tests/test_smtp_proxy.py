@@ -151,6 +151,23 @@ def test_smtputf8_mail_is_scored_and_passed_on_with_its_utf8_envelope(tiny_train
     assert row.sender == "jörg@exämple.org" and row.verdict in ("ham", "spam")
 
 
+@pytest.mark.parametrize("eightbitmime", [True, False])
+def test_8bit_mail_goes_on_as_it_is_with_body_only_where_the_downstream_offers_8bitmime(
+        tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy, eightbitmime: bool):
+    # spamd never rewrites a message, so it does not convert 8-bit mail to 7 bits for a downstream
+    # without 8BITMIME: the bytes go on as they came, and BODY=8BITMIME only to one that knows it.
+    down = capture(eightbitmime=eightbitmime)
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.has_extn("8bitmime")
+        assert client.sendmail("joerg@example.org", ["bob@example.net"], UTF8_BODY_MAIL,
+                               mail_options=["BODY=8BITMIME"]) == {}
+    [item] = down.wait_for(1)
+    assert item.content.endswith(UTF8_BODY_MAIL)
+    assert ("BODY=8BITMIME" in item.mail_options) == eightbitmime
+
+
 def test_a_utf8_sender_for_a_downstream_without_smtputf8_is_refused_not_mangled(tiny_trained: TrainedTiny,
                                                                                  tmp_path: Path, capture, proxy):
     down = capture(smtputf8=False)

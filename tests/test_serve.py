@@ -184,7 +184,7 @@ def test_threads_carry_their_names_for_the_os(tiny_trained: TrainedTiny, tmp_pat
     finally:
         code, err = stop(proc)
     assert code == 0, err
-    assert {"spamd-serve", "spamd-score", "spamd-scorelog"} <= names, names
+    assert {"spamd-serve", "spamd-score", "spamd-scorelog", "spamd-io"} <= names, names
 
 
 def test_freeze_heap_hides_the_heap_from_the_collector_until_the_next_freeze():

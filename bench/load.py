@@ -12,7 +12,7 @@ the same rate. The sink (below, or Postfix's `smtp-sink` when installed) only co
 the counts prove every message arrived exactly once. RSS is summed over the daemon's
 processes (PSS counts their shared pages once). The daemon's CPU at the peak is also given by
 thread (spamd names its threads for the OS: the workers' event loops, spamd-score, spamd-rnn,
-spamd-scorelog), which says where a message's CPU goes. Where Debian's postfix package is installed,
+spamd-scorelog, spamd-io), which says where a message's CPU goes. Where Debian's postfix package is installed,
 each configuration is also driven by `smtp-source` into `smtp-sink` (synthetic 5 kB messages,
 both in C). The load generator, the sink and the daemon share the machine's cores.
 

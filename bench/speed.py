@@ -63,14 +63,20 @@ def best_ms_per_msg(fn: Callable[[], object], messages: int, repeats: int = 3) -
 
 @torch.inference_mode()
 def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
-    """The two passes apart, one thread, best of 3: the CNN as trained (TextCNN.forward, padded
+    """The two passes apart, one thread, best of 3: `Scorer.read`'s stages before the CNN
+    (parsing, and tokenizing the CNN's window), the CNN as trained (TextCNN.forward, padded
     batches) against the scorer's FusedCNN (row by row), and the RNN for the messages the CNN is
     unsure of: as trained (TextRNN.forward, packed) against the scorer's FusedRNN, in one pass,
     and the scorer's whole RNN step (reading each message's complete ids too), in one pass and
     one message at a time."""
+    mails = [parse(raw) for raw in raws]
+    out: dict[str, float] = {
+        "read: parse, ms/msg": best_ms_per_msg(partial(_each, parse, raws), len(raws)),
+        "read: tokenize the CNN's window, ms/msg": best_ms_per_msg(
+            partial(_each, partial(token_ids, cfg=scorer.head), mails), len(raws)),
+    }
     window = scorer.models.cnn.cfg.window
     ids = [encode(raw, scorer.models)[: window + 1] for raw in raws]
-    out: dict[str, float] = {}
     for batch in (1, 32):
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
         padded = [pad(chunk, window) for chunk in chunks]

@@ -24,6 +24,7 @@ from spamd.cli.common import load_active
 from spamd.config import load_config
 from spamd.features import token_ids
 from spamd.mail.parse import parse
+from spamd.nets.rnn import FusedRNN
 from spamd.scorer import RnnPending, Scorer, ScoringPolicy, encode, pad
 
 
@@ -66,9 +67,9 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     """The two passes apart, one thread, best of 3: `Scorer.read`'s stages before the CNN
     (parsing, and tokenizing the CNN's window), the CNN as trained (TextCNN.forward, padded
     batches) against the scorer's FusedCNN (row by row), and the RNN for the messages the CNN is
-    unsure of: as trained (TextRNN.forward, packed) against the scorer's FusedRNN, in one pass,
-    and the scorer's whole RNN step (reading each message's complete ids too), in one pass and
-    one message at a time."""
+    unsure of: as trained (TextRNN.forward, packed), as FusedRNN (torch, both directions as one
+    GRU) and as the scorer's OrtRNN (the GRU in onnxruntime), and the scorer's whole RNN step
+    (reading each message's complete ids too), in one pass and one message at a time."""
     mails = [parse(raw) for raw in raws]
     out: dict[str, float] = {
         "read: parse, ms/msg": best_ms_per_msg(partial(_each, parse, raws), len(raws)),
@@ -86,12 +87,16 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     pending = [p for p in scorer.read(raws) if isinstance(p, RnnPending)]
     out["rnn: messages consulted"] = len(pending)
     padded_rnn = pad([p.ids() for p in pending], scorer.models.rnn.cfg.window)
+    singles = [pad([p.ids()], scorer.models.rnn.cfg.window) for p in pending]
+    fused = FusedRNN(scorer.models.rnn)
     out["rnn forward (packed), one pass, ms"] = best_ms_per_msg(
         lambda: scorer.models.rnn(padded_rnn, packed=True), 1)
-    out["FusedRNN, one pass, ms"] = best_ms_per_msg(lambda: scorer.rnn(padded_rnn), 1)
-    # What the scorer's RNN thread does: each message's complete ids read, then the FusedRNN.
-    out["consult (ids + FusedRNN), one pass, ms"] = best_ms_per_msg(lambda: scorer.consult(pending), 1)
-    out["consult (ids + FusedRNN), one at a time, ms"] = best_ms_per_msg(
+    out["FusedRNN (torch), one pass, ms"] = best_ms_per_msg(lambda: fused(padded_rnn), 1)
+    out["FusedRNN (torch), one at a time, ms"] = best_ms_per_msg(partial(_each, fused, singles), 1)
+    out["OrtRNN (the scorer's), one pass, ms"] = best_ms_per_msg(lambda: scorer.rnn(padded_rnn), 1)
+    # What the scorer's RNN thread does: each message's complete ids read, then its RNN.
+    out["consult (ids + OrtRNN), one pass, ms"] = best_ms_per_msg(lambda: scorer.consult(pending), 1)
+    out["consult (ids + OrtRNN), one at a time, ms"] = best_ms_per_msg(
         lambda: [scorer.consult([p]) for p in pending], 1)
     return out
 

@@ -19,7 +19,7 @@ from spamd.features import token_ids
 from spamd.mail.parse import parse
 from spamd.modelstore import ModelSet
 from spamd.nets.cnn import FusedCNN
-from spamd.nets.rnn import FusedRNN
+from spamd.nets.ortrnn import OrtRNN
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Scorer:
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
         self.cnn = FusedCNN(models.cnn)
-        self.rnn = FusedRNN(models.rnn)
+        self.rnn = OrtRNN(models.rnn)
         # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
         # tells a long message), and reads the rest only for the messages the RNN is asked about.
         tok = models.tokenizer
@@ -125,8 +125,8 @@ class Scorer:
 
     @torch.inference_mode()
     def _rnn_logits(self, asked: dict[int, Sequence[int]]) -> dict[int, float]:
-        """RNN logits in one packed pass: each message is read to its own end, so a score
-        never depends on its batch-mates, and a burst of long messages shares the GRU's steps."""
+        """RNN logits: each message is read on its own, to its own end (`OrtRNN`), so a score
+        never depends on its batch-mates."""
         if not asked:
             return {}
         keys = list(asked)

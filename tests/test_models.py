@@ -13,6 +13,7 @@ from spamd import metrics, modelstore
 from spamd.combine import Combiner, consult_rnn, fit_combiner
 from spamd.errors import ModelIntegrityError, ModelNotFound, ScoringError, TrainingError
 from spamd.nets.cnn import CNNConfig, FusedCNN, TextCNN
+from spamd.nets.ortrnn import OrtRNN
 from spamd.nets.rnn import FusedRNN, RNNConfig, TextRNN
 from spamd.scorer import Scorer, ScoringPolicy, encode
 from spamd.train import Sample, split, train
@@ -54,16 +55,18 @@ def test_fused_cnn_computes_what_the_cnn_computes(widths: tuple[int, ...]) -> No
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_fused_rnn_computes_what_the_packed_rnn_computes(bidirectional: bool) -> None:
-    # The scorer's RNN pass (both directions as one GRU, the backward half read from each
-    # message's own end) must equal TextRNN.forward(packed=True): on rows of different lengths,
-    # a length that is not a multiple of the stride, a row of one token, an all-padding row.
+@pytest.mark.parametrize("inference", [FusedRNN, OrtRNN])
+def test_rnn_inference_forms_compute_what_the_packed_rnn_computes(bidirectional: bool, inference: type) -> None:
+    # The RNN's inference forms (FusedRNN: both directions as one torch GRU, the backward half
+    # read from each message's own end; OrtRNN, the scorer's: the GRU in onnxruntime, each message
+    # on its own) must equal TextRNN.forward(packed=True): on rows of different lengths, a length
+    # that is not a multiple of the stride, a row of one token, an all-padding row.
     torch.manual_seed(0)
     rnn = TextRNN(RNNConfig(buckets=256, embed_dim=6, hidden=5, stride=3, window=60,
                             bidirectional=bidirectional)).eval()
     ids = torch.randint(1, 10_000, (6, 70))
     ids[1, 40:], ids[2, 7:], ids[3, 1:], ids[4, :] = 0, 0, 0, 0
-    fused = FusedRNN(rnn)
+    fused = inference(rnn)
     with torch.no_grad():
         for batch in (ids, ids[:1], ids[2:3], ids[1:3]):
             assert torch.allclose(fused(batch), rnn(batch, packed=True), atol=1e-5)

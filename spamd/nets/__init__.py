@@ -1,4 +1,5 @@
-"""The neural networks: nn.Modules, their config dataclasses, and their inference forms (FusedCNN, FusedRNN)."""
+"""The neural networks: nn.Modules, their config dataclasses, and their inference forms (FusedCNN;
+FusedRNN in torch and OrtRNN in onnxruntime, which the scorer uses)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ already queued); while a batch is being scored, the next one gathers. Scoring ru
 threads: the scoring thread parses each batch and runs the CNN, and answers every message
 the CNN is sure about; the few it is unsure of go on to the RNN thread. A GRU pass over a
 long message takes milliseconds, many times a CNN pass; in its own thread it delays only the
-message it reads, not the batches behind it (torch releases the GIL while it computes).
+message it reads, not the batches behind it (onnxruntime and torch release the GIL while they compute).
 """
 
 from __future__ import annotations

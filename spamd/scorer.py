@@ -6,6 +6,7 @@ proxy's business.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from spamd.mail.parse import parse
 from spamd.modelstore import ModelSet
 from spamd.nets.cnn import FusedCNN
 from spamd.nets.ortrnn import OrtRNN
+from spamd.nets.rnn import FusedRNN, TextRNN
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class ScoringPolicy:
     rnn_rule: RnnRule = "uncertain"
     uncertain_band: tuple[float, float] = (0.05, 0.95)  # CNN scores in here are uncertain
     threshold: float | None = None  # None: the model's own working threshold
+
+
+log = logging.getLogger("spamd.score")
 
 
 def encode(raw: bytes, models: ModelSet) -> list[int]:
@@ -80,7 +85,7 @@ class Scorer:
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
         self.cnn = FusedCNN(models.cnn)
-        self.rnn = OrtRNN(models.rnn)
+        self.rnn = rnn_inference(models.rnn)
         # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
         # tells a long message), and reads the rest only for the messages the RNN is asked about.
         tok = models.tokenizer
@@ -150,6 +155,18 @@ class Scorer:
             model=self.models.version,
             threshold=self.threshold,
         )
+
+
+def rnn_inference(rnn: TextRNN) -> OrtRNN | FusedRNN:
+    """The RNN's inference form: `OrtRNN`, or where onnxruntime cannot run it (not installed for
+    this platform, or refusing the graph) torch's `FusedRNN`, which gives the same scores more
+    slowly, with an error logged. Scoring goes on either way."""
+    try:
+        return OrtRNN(rnn)
+    except Exception as exc:  # noqa: BLE001 - a failing optional runtime must not stop the scoring
+        log.error("the RNN's GRU cannot run in onnxruntime, so torch runs it (same scores, slower): %s: %s",
+                  type(exc).__name__, exc)
+        return FusedRNN(rnn)
 
 
 def _finite(x: float) -> float:

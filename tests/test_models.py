@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,6 +71,28 @@ def test_rnn_inference_forms_compute_what_the_packed_rnn_computes(bidirectional:
     with torch.no_grad():
         for batch in (ids, ids[:1], ids[2:3], ids[1:3]):
             assert torch.allclose(fused(batch), rnn(batch, packed=True), atol=1e-5)
+
+
+def test_scoring_goes_on_in_torch_when_onnxruntime_cannot_run_the_rnn(
+        tiny_trained: TrainedTiny, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # onnxruntime is faked here only because its failing cannot be made real: the scorer falls
+    # back to torch's GRU, logs why, and gives the same scores.
+    import onnxruntime
+
+    models = tiny_trained.load()
+    raws = fixture_mail("starter", "spam") + fixture_mail("starter", "ham")
+    policy = ScoringPolicy(rnn_rule="always")
+    expected = [v.score for v in Scorer(models, policy).score(raws)]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no GRU kernel on this platform")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with caplog.at_level(logging.ERROR, logger="spamd.score"):
+        fallback = Scorer(models, policy)
+    assert isinstance(fallback.rnn, FusedRNN)
+    assert "cannot run in onnxruntime" in caplog.text and "no GRU kernel on this platform" in caplog.text
+    assert [v.score for v in fallback.score(raws)] == pytest.approx(expected, abs=1e-5)
 
 
 def test_tiny_model_scores_fixture_spam_above_fixture_ham(tiny_trained: TrainedTiny) -> None:

@@ -23,6 +23,8 @@ from spamd.nets.cnn import FusedCNN
 from spamd.nets.ortrnn import OrtRNN
 from spamd.nets.rnn import FusedRNN, TextRNN
 
+log = logging.getLogger("spamd.score")
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -44,9 +46,6 @@ class ScoringPolicy:
     rnn_rule: RnnRule = "uncertain"
     uncertain_band: tuple[float, float] = (0.05, 0.95)  # CNN scores in here are uncertain
     threshold: float | None = None  # None: the model's own working threshold
-
-
-log = logging.getLogger("spamd.score")
 
 
 def encode(raw: bytes, models: ModelSet) -> list[int]:
@@ -130,8 +129,8 @@ class Scorer:
 
     @torch.inference_mode()
     def _rnn_logits(self, asked: dict[int, Sequence[int]]) -> dict[int, float]:
-        """RNN logits: each message is read on its own, to its own end (`OrtRNN`), so a score
-        never depends on its batch-mates."""
+        """RNN logits: each message is read to its own end, so a score never depends on its
+        batch-mates."""
         if not asked:
             return {}
         keys = list(asked)

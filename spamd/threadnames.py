@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 _PR_SET_NAME = 15
 MAX_NAME = 15  # bytes; the kernel cuts longer names
@@ -34,3 +35,8 @@ def name_thread(name: str) -> bool:
     if _PRCTL is None:
         return False
     return _PRCTL(_PR_SET_NAME, ctypes.c_char_p(name.encode("ascii", "replace")[:MAX_NAME]), 0, 0, 0) == 0
+
+
+def named_executor(name: str, max_workers: int | None = None) -> ThreadPoolExecutor:
+    """A thread pool whose threads carry `name` for Python and for the OS."""
+    return ThreadPoolExecutor(max_workers, name, name_thread, (name,))

@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from spamd.errors import ScoringError
 from spamd.scorer import RnnPending, Scorer, Verdict
-from spamd.threadnames import name_thread
+from spamd.threadnames import named_executor
 
 log = logging.getLogger("spamd.score")
 T = TypeVar("T")
@@ -44,8 +43,8 @@ class Batcher:
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
         self._waiting: list[Waiting] = []  # read by the CNN, waiting for the RNN
         self._wake, self._wake_rnn = asyncio.Event(), asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, "spamd-score", name_thread, ("spamd-score",))
-        self._rnn_executor = ThreadPoolExecutor(1, "spamd-rnn", name_thread, ("spamd-rnn",))
+        self._executor = named_executor("spamd-score", 1)
+        self._rnn_executor = named_executor("spamd-rnn", 1)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name="spamd-batcher"),
                        loop.create_task(self._run_rnn(), name="spamd-rnn")]

@@ -12,7 +12,6 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ from spamd.smtp.forward import Downstream, open_downstream
 from spamd.smtp.handler import ProxyHandler
 from spamd.smtp.protocol import Connections, SpamdSMTP
 from spamd.smtp.tls import listener_context
-from spamd.threadnames import name_thread
+from spamd.threadnames import named_executor
 
 log = logging.getLogger("spamd.smtp")
 QUIT_GRACE = 1.0  # seconds a drained daemon waits for clients to QUIT before it answers 421
@@ -178,8 +177,7 @@ async def _main(cfg: Config, config_path: str | None,
     loop = asyncio.get_running_loop()
     # The blocking helpers (loading models, maildir delivery, polling the registry) on threads
     # named for `ps`, not taking the event loop's name.
-    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="spamd-io", initializer=name_thread,
-                                                 initargs=("spamd-io",)))
+    loop.set_default_executor(named_executor("spamd-io"))
     sink, close_sink = sink_factory(cfg)
     try:
         models = await asyncio.to_thread(load_models, cfg)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import re
 import time
+import zlib
+from dataclasses import replace
 from email import policy
 from pathlib import Path
 
@@ -64,6 +66,32 @@ def test_token_ids_are_stable_and_bounded() -> None:
     assert all(1 <= i < 1000 for i in ids)
     long_plain = b"Subject: long\r\n\r\n" + b"word " * 5000
     assert len(token_ids(parse(long_plain), TokenizerConfig(max_tokens=300))) == 300
+
+
+def test_header_tokens_are_tagged_capped_and_shaped() -> None:
+    hosts = " ".join(f"from h{i}.relay.example by x{i}" for i in range(12))
+    raw = (b"Received: " + hosts.encode() + b"\r\n"
+           b"To: " + " ".join(f"user{i}" for i in range(30)).encode() + b"\r\n"
+           b"X-Mailer: Blaster 5551234567 v2\r\n"
+           b"Subject: s\r\n\r\nbody\r\n")
+    toks = tokens(parse(raw), TokenizerConfig(max_tokens_per_header=24))
+    assert [t for t in toks if t.startswith("rcvd:")] == [f"rcvd:h{i}.relay.example" for i in range(8)]
+    assert [t for t in toks if t.startswith("to:")] == [f"to:user{i}" for i in range(24)]
+    assert [t for t in toks if t.startswith("xm:")] == ["xm:blaster", "xm:9999999999", "xm:v2"]
+    assert toks.index("hdr:received") < toks.index("rcvd:h0.relay.example") < toks.index("hdr:to")
+    capped = tokens(parse(raw), TokenizerConfig(max_header_tokens=10))
+    assert capped[capped.index("hdr:received"):capped.index("<body>")] == toks[toks.index("hdr:received"):][:10] + [
+        "subj:s"]
+
+
+def test_a_token_that_utf8_cannot_encode_is_hashed_as_replaced() -> None:
+    # Undecodable bytes kept as a lone surrogate must not fail a message: such a token is
+    # hashed with "?" in its place, as it always was (the parser hands tokens \ufffd today).
+    mail = replace(parse(b"Subject: plain\r\n\r\nbody\r\n"), from_domain="caf\udce9.example")
+    cfg = TokenizerConfig(buckets=1 << 20)
+    ids = dict(zip(tokens(mail, cfg), token_ids(mail, cfg), strict=True))
+    assert ids["fromdom:caf\udce9.example"] == zlib.crc32(b"fromdom:caf?.example") % (cfg.buckets - 1) + 1
+    assert ids["<body>"] == zlib.crc32(b"<body>") % (cfg.buckets - 1) + 1
 
 
 def test_body_is_read_only_as_far_as_needed_and_exactly() -> None:

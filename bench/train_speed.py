@@ -3,7 +3,7 @@ model's size costs in accuracy (hashed-token table sizes, fp16 storage).
 
     python -m bench.train_speed --dump var/tokens.pt            # tokenize the corpus once
     python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep] [--rnn-sweep]
-                                [--cnn-sweep] [--seeds 1,2]
+                                [--cnn-sweep] [--seeds 1,2] [--cnn embed_dim=32,filters=64] [--save DIR]
 
 The tokens file lets the run happen on a machine without the corpus (a lent GPU box).
 """
@@ -23,7 +23,8 @@ from spamd import metrics
 from spamd.features import TokenizerConfig, token_ids
 from spamd.mail.headers import fingerprint
 from spamd.mail.parse import parse
-from spamd.modelstore import ModelSet
+from spamd.modelstore import ModelSet, set_active
+from spamd.modelstore import save as save_models
 from spamd.nets.cnn import CNNConfig
 from spamd.nets.rnn import RNNConfig
 from spamd.scorer import Scorer, ScoringPolicy
@@ -71,10 +72,24 @@ def long_subset(models: ModelSet, test: list[Sample]) -> dict[str, object]:
     return {"n": len(long), "cnn_alone": evaluate(models, long, "never"), "combined": evaluate(models, long, "always")}
 
 
-def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig) -> dict:
+def cnn_config(text: str) -> CNNConfig:
+    """`embed_dim=32,filters=64,widths=1+2+3` → the default CNNConfig with those changes."""
+    changes: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in CNNConfig.__dataclass_fields__ or not value:
+            raise argparse.ArgumentTypeError(f"not a CNN setting: {item!r}")
+        changes[key] = tuple(int(w) for w in value.split("+")) if key == "widths" else type(
+            getattr(CNNConfig(), key))(value)
+    return replace(CNNConfig(), **changes)
+
+
+def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig, save: Path | None = None) -> dict:
     started = time.monotonic()
     models = train(train_set, cfg)
     seconds = time.monotonic() - started
+    if save is not None:
+        set_active(save, save_models(save, models, new=True).name)
     params = sum(p.numel() for net in (models.cnn, models.rnn) for p in net.parameters())
     out = {"device": cfg.device, "threads": cfg.threads, "seed": cfg.seed, "cnn_buckets": cfg.cnn.buckets,
            "train_seconds": round(seconds, 1), "fp16_megabytes": round(params * 2 / 2**20, 1),
@@ -98,6 +113,11 @@ def main() -> None:
     ap.add_argument("--cnn-sweep", action="store_true",
                     help="also train smaller CNNs (embedding width, filters, filter widths), each with --seeds")
     ap.add_argument("--seeds", default="1", help="comma-separated training seeds for each configuration")
+    ap.add_argument("--cnn", type=cnn_config, default=CNNConfig(),
+                    help="the first runs' CNN, as changes to the default: embed_dim=32,filters=64,widths=1+2+3")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="models directory to save the first run's models into, as its active version "
+                         "(for `bench.load --models`: what a network's size costs end to end)")
     ap.add_argument("--json", type=Path, default=Path("bench/out/train_speed.json"))
     args = ap.parse_args()
     if args.dump:
@@ -106,7 +126,8 @@ def main() -> None:
     base = TrainConfig(device=args.device, threads=args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{args.threads} threads"
     seeds = [int(x) for x in args.seeds.split(",")]
-    runs = [one_run(train_set, test, replace(base, seed=seed)) for seed in seeds]
+    runs = [one_run(train_set, test, replace(base, seed=seed, cnn=args.cnn), save=args.save if i == 0 else None)
+            for i, seed in enumerate(seeds)]
     if args.sweep:
         for buckets in (1 << 14, 1 << 16, 1 << 19):
             runs.append(one_run(train_set, test, replace(base, cnn=replace(CNNConfig(), buckets=buckets))))

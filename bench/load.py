@@ -280,32 +280,30 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 def cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds used so far by these processes."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    return sum(_stat_cpu_s(Path(f"/proc/{p}/stat")) for p in pids)
+
+
+def _stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds in a /proc stat file (a process's or a thread's); 0 if it is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu_s(pids: list[int]) -> dict[str, float]:
     """CPU seconds used so far by these processes' threads, summed by thread name (spamd names
     its threads for the OS: spamd-worker-N, spamd-score, spamd-rnn, spamd-scorelog...; a worker's
     number is dropped, so both workers' event loops add up under "spamd-worker")."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for p in pids:
         for task in Path(f"/proc/{p}/task").glob("*"):
             try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                name = (task / "comm").read_text().strip()
+                name = re.sub(r"-\d+$", "", (task / "comm").read_text().strip())
             except OSError:
                 continue
-            name = re.sub(r"-\d+$", "", name)
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            out[name] = out.get(name, 0.0) + _stat_cpu_s(task / "stat")
     return out
 
 

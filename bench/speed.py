@@ -26,7 +26,7 @@ from spamd.features import token_ids
 from spamd.mail.parse import parse
 from spamd.nets.cnn import FusedCNN
 from spamd.nets.rnn import FusedRNN
-from spamd.scorer import RnnPending, Scorer, ScoringPolicy, encode, pad
+from spamd.scorer import RnnPending, Scorer, ScoringPolicy, pad
 
 
 def rss_mb() -> float:
@@ -78,7 +78,7 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
             partial(_each, partial(token_ids, cfg=scorer.head), mails), len(raws)),
     }
     window = scorer.models.cnn.cfg.window
-    ids = [encode(raw, scorer.models)[: window + 1] for raw in raws]
+    ids = [token_ids(mail, scorer.models.tokenizer)[: window + 1] for mail in mails]
     for batch in (1, 32):
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
         padded = [pad(chunk, window) for chunk in chunks]

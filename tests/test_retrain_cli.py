@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from datetime import UTC, datetime
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +98,10 @@ def test_scheduler_keeps_its_jobs_in_the_database_and_waits_for_new_labels(
     first = sched.get_job(scheduler.RETRAIN).next_run_time
     ran_on: queue.Queue[str] = queue.Queue()
     sched.add_jobstore("memory", "mem")  # a job that reports the OS name of the thread it ran on
+    # A repeating job, not a one-shot: the scheduler's thread removes a one-shot job after
+    # handing it to the pool, and if shutdown() comes first that removal raises in its thread.
     sched.add_job(lambda: ran_on.put(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()),
-                  jobstore="mem")
+                  "interval", hours=1, next_run_time=datetime.now(UTC), jobstore="mem")
     assert ran_on.get(timeout=10).strip() == "spamd-retrain"  # as top -H shows a retrain
     sched.shutdown()
     sched = scheduler.start(cfg)  # the stored job is kept, with its next run time

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest

@@ -150,12 +150,13 @@ def test_workers_are_bound_one_cpu_each(tiny_trained: TrainedTiny, tmp_path: Pat
     allowed = os.sched_getaffinity(0)
     try:
         deadline = time.monotonic() + 30
-        while True:  # one worker answered: the other may still be starting (it binds first thing)
+        while True:  # one worker answered: the other may still be starting (it names, then binds itself)
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             workers = [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
             cpus = [os.sched_getaffinity(pid) for pid in workers]
             names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in workers]
-            if not pinned or all(len(c) == 1 for c in cpus) or time.monotonic() > deadline:
+            started = len(workers) == 2 and all(n.startswith("spamd-worker-") for n in names)
+            if started and (not pinned or all(len(c) == 1 for c in cpus)) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     finally:

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from spamd.combine import Combiner
+from spamd.durable import fsync_path
 from spamd.errors import ModelError, ModelIntegrityError, ModelNotFound
 from spamd.features import TokenizerConfig
 from spamd.nets.cnn import CNNConfig, TextCNN
@@ -107,11 +108,11 @@ def save(models_dir: Path, models: ModelSet, *, new: bool = False) -> Path:
         # mkdtemp makes a private directory; versions must be readable by the daemon's user.
         for path in tmp.iterdir():
             path.chmod(0o644)
-            _fsync(path)
+            fsync_path(path)
         tmp.chmod(0o755)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.rename(tmp, final)
-        _fsync(models_dir)
+        fsync_path(models_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -180,7 +181,9 @@ def set_active(models_dir: Path, version: str) -> None:
     read_manifest(models_dir, version)  # refuse to point at a version that is not there
     tmp = models_dir / f".{ACTIVE}.tmp"
     tmp.write_text(version + "\n")
+    fsync_path(tmp)  # else a crash could leave ACTIVE empty: "no active model" at the next start
     os.replace(tmp, models_dir / ACTIVE)
+    fsync_path(models_dir)
 
 
 def _sha256(path: Path) -> str:
@@ -189,12 +192,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk, so a rename never exposes unwritten data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -115,6 +115,30 @@ def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_
     assert sorted(c.split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for c in contents) == sorted(raws)
 
 
+def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_trained: TrainedTiny,
+                                                                           tmp_path: Path, proxy):
+    p = proxy(proxy_config(tiny_trained.models_dir, "maildir:Maildir", tmp_path))
+    first, second = [crlf(raw) for raw in fixture_mail("train", "ham")[:2]]
+    send(p.port, first)
+    box = tmp_path / "Maildir"
+    # A real failure: `new/` is a file for a while, so the rename out of tmp/ fails (ENOTDIR).
+    # (Taking away write permission would not do: the tests may run as root.)
+    (box / "new").rename(box / "new.aside")
+    (box / "new").write_bytes(b"")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(p.port, second)
+    assert refused.value.smtp_code == 451
+    assert list((box / "tmp").iterdir()) == []  # the copy that could not be moved is not left behind
+    (box / "new").unlink()
+    (box / "new.aside").rename(box / "new")
+    assert send(p.port, second) == {}  # the sender's retry
+    assert sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for f in (box / "new").iterdir()) \
+        == sorted([first, second])
+    assert list((box / "tmp").iterdir()) == []
+    # Each attempt is logged; the refused one says so.
+    assert [r.action.endswith(", delivery 451") for r in p.sink.rows] == [False, True, False]
+
+
 def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
     down = capture()
     p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from spamd.durable import fsync_path
 from spamd.smtp import replies
 from spamd.smtp.forward import Reply, Transaction
 
@@ -19,14 +20,28 @@ _counter = itertools.count()
 
 
 def deliver(root: Path, message: bytes) -> str:
-    """Write one message into the Maildir at `root` and return its file name (blocking)."""
+    """Write one message into the Maildir at `root` and return its file name (blocking).
+
+    The message is on disk before this returns: the file is synced before the rename, and
+    `new/` after it, so a crash after the client heard 250 cannot undo the delivery. If the
+    write or the rename fails, the file in `tmp/` is removed and the error raised: the client
+    is told to retry, and its retry leaves one copy, not an orphan in `tmp/` beside it. (If only
+    the last sync fails, the message is in `new/` and the retry may make a second copy: a
+    duplicate rather than a loss, as MTAs choose.)
+    """
     name = f"{time.time_ns()}.P{os.getpid()}Q{next(_counter)}.{socket.gethostname().replace('/', '_')}"
     tmp = root / "tmp" / name
-    with open(tmp, "xb") as f:
-        f.write(message)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, root / "new" / name)
+    f = open(tmp, "xb")  # outside the try: if it fails, nothing was created to remove
+    try:
+        with f:
+            f.write(message)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, root / "new" / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(root / "new")
     return name
 
 

@@ -232,6 +232,30 @@ def test_recipient_and_connection_limits(tiny_trained: TrainedTiny, tmp_path: Pa
     assert down.wait_for(1)[0].rcpt_tos == ("r1@example.net", "r2@example.net")
 
 
+def test_an_idle_client_is_dropped_and_the_downstream_connection_it_held_is_freed(
+        tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # One pooled downstream connection: while the idle client's transaction holds it, no other
+    # message can go on; after its idle timeout, the next message must not wait for it.
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    smtp = cfg.smtp.__class__(**{**cfg.smtp.__dict__, "idle_timeout": 1.0})
+    delivery = cfg.delivery.__class__(**{**cfg.delivery.__dict__, "pool_size": 1})
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": smtp, "delivery": delivery}))
+    idle = smtplib.SMTP("127.0.0.1", p.port, timeout=30)
+    idle.ehlo("idle.example.org")
+    assert idle.mail("idle@example.org")[0] == 250 and idle.rcpt("bob@example.net")[0] == 250
+    time.sleep(2.0)  # past the idle timeout, silent in mid-transaction
+    with pytest.raises(smtplib.SMTPServerDisconnected):  # spamd closed the connection
+        idle.noop()
+    started = time.monotonic()
+    assert send(p.port, HAM) == {}
+    assert time.monotonic() - started < 5  # not held up by the dropped transaction (delivery timeout 10 s)
+    [got] = down.wait_for(1)
+    assert got.mail_from == "alice@example.org" and got.content.endswith(HAM)
+    time.sleep(0.3)
+    assert len(down.messages) == 1  # nothing of the idle client's went on
+
+
 def test_spam_fixture_is_flagged_and_logged(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
     down = capture()
     p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path, spam_threshold=0.0))

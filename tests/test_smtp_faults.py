@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,6 +256,64 @@ def test_an_idle_client_is_dropped_and_the_downstream_connection_it_held_is_free
     assert got.mail_from == "alice@example.org" and got.content.endswith(HAM)
     time.sleep(0.3)
     assert len(down.messages) == 1  # nothing of the idle client's went on
+
+
+def _reply(f: Any) -> bytes:
+    """One SMTP reply, its last line (a multi-line reply's lines have a dash after the code)."""
+    while (line := f.readline())[3:4] == b"-":
+        pass
+    return line
+
+
+def test_a_slow_client_is_timed_from_its_last_bytes_not_from_the_data_command(
+        tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # As Postfix's smtpd_timeout: a message arriving slowly over a slow line, whose whole DATA
+    # lasts longer than the idle timeout, is taken; a client that stops sending in mid-DATA is not.
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    smtp = cfg.smtp.__class__(**{**cfg.smtp.__dict__, "idle_timeout": 1.0})
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": smtp}))
+    body = HAM + b"".join(b"line %d of a long and slow message\r\n" % i for i in range(8))
+    chunks = [body[i : i + len(body) // 6 + 1] for i in range(0, len(body), len(body) // 6 + 1)]
+    assert len(chunks) >= 6
+    for stall in (False, True):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=30) as sock, sock.makefile("rb") as f:
+            assert _reply(f).startswith(b"220")
+            for command in (b"EHLO slow.example.org", b"MAIL FROM:<slow@example.org>", b"RCPT TO:<bob@example.net>",
+                            b"DATA"):
+                sock.sendall(command + b"\r\n")
+                assert _reply(f)[:1] in (b"2", b"3")
+            for i, chunk in enumerate(chunks):  # 0.3 s apart: each within the timeout, all of them beyond it
+                time.sleep(1.5 if stall and i == 2 else 0.3)
+                try:
+                    sock.sendall(chunk)
+                except OSError:
+                    break  # the stalled client was cut off
+            else:
+                sock.sendall(b".\r\n")
+            if stall:
+                assert _reply(f) == b""  # closed by spamd, no message taken
+            else:
+                assert _reply(f).startswith(b"250 ")
+                [got] = down.wait_for(1)
+                assert got.content.endswith(body)
+    time.sleep(0.3)
+    assert len(down.messages) == 1
+
+
+def test_a_client_waiting_for_spamds_answer_is_not_idle(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # Scoring takes twice the idle timeout here: the client waits for spamd, so spamd must not
+    # drop it (it would retry a message that may already have gone on).
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    smtp = cfg.smtp.__class__(**{**cfg.smtp.__dict__, "idle_timeout": 0.5})
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "smtp": smtp}))
+    p.run(lambda: setattr(p.daemon.batcher, "scorer",
+                          SlowRnn(p.daemon.batcher.scorer.models, ScoringPolicy(rnn_rule="always"))))
+    assert send(p.port, HAM) == {}
+    [got] = down.wait_for(1)
+    assert got.content.endswith(HAM) and b"\r\nX-Spam-Status: Unknown" not in b"\r\n" + got.content
+    assert p.sink.rows[0].rnn_score is not None
 
 
 def test_spam_fixture_is_flagged_and_logged(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):

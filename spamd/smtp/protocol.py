@@ -1,4 +1,4 @@
-"""aiosmtpd's SMTP protocol with spamd's limits: line length, connection count, session cleanup.
+"""aiosmtpd's SMTP protocol with spamd's limits: line length, connection count, idle time, session cleanup.
 
 aiosmtpd fixes its line limit at RFC 5321's 1001 bytes and answers longer lines with `500
 Line too long` — which would bounce real mail (Postfix accepts such lines), so the limit is
@@ -64,6 +64,8 @@ class SpamdSMTP(SMTP):
         self.refused = False
         self.dsn_mail: list[str] = []  # the current MAIL's RET=, ENVID=, as the client wrote them (dsn.py)
         self.dsn_rcpt: list[str] = []  # the current RCPT's NOTIFY=, ORCPT=
+        self._last_active = 0.0  # loop time of the client's last bytes or spamd's last answer
+        self._hooks_running = 0
         super().__init__(handler, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +77,37 @@ class SpamdSMTP(SMTP):
             return
         self.connections.live.add(self)
         super().connection_made(transport)
+
+    # [smtp] idle_timeout counts the time the client keeps spamd waiting, as Postfix's
+    # smtpd_timeout does. aiosmtpd restarts its timer only when it reads a command line, so a
+    # whole DATA section had to arrive within the timeout (a large message over a slow line was
+    # cut off, again at every retry), and the timer ran on while spamd itself scored and relayed
+    # (the client was dropped while its message might already be on its way). Here the client is
+    # idle from its last bytes or spamd's last answer, whichever came later, and never while a
+    # handler hook runs. aiosmtpd's timer stays as it is and only checks this when it fires,
+    # so each read costs a clock reading, not a new timer.
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = self.loop.time()
+        super().data_received(data)
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        self._hooks_running += 1
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._hooks_running -= 1
+            self._last_active = self.loop.time()
+
+    def _timeout_cb(self) -> None:
+        if self.transport is None:  # already closed
+            return
+        now = self.loop.time()
+        due = now + self._timeout_duration if self._hooks_running else self._last_active + self._timeout_duration
+        if due > now:
+            self._timeout_handle = self.loop.call_later(due - now, self._timeout_cb)
+            return
+        super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:

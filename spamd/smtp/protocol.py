@@ -107,6 +107,8 @@ class SpamdSMTP(SMTP):
         if due > now:
             self._timeout_handle = self.loop.call_later(due - now, self._timeout_cb)
             return
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
         super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:

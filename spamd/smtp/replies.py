@@ -46,6 +46,10 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 # Over [smtp] max_recipients: the client sends the rest in another transaction.
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 
+# The client kept spamd waiting for [smtp] idle_timeout without a byte: said before closing, as
+# Postfix's smtpd says it, so the client's log tells a timeout from a dropped line.
+IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded"
+
 # Over [smtp] max_connections: the MTA retries the connection later.
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 

@@ -228,6 +228,9 @@ def test_an_mta_can_send_to_spamd_over_starttls(require: bool, tls_ca: trustme.C
         assert client.starttls(context=client_tls(tls_ca))[0] == 220
         client.ehlo("mta.example.org")
         assert not client.has_extn("starttls")  # not offered twice
+        # spamd authenticates no one: an MTA set to use AUTH where offered must not be offered a
+        # login that always fails (aiosmtpd offers LOGIN and PLAIN over TLS by default).
+        assert not client.has_extn("auth")
         assert client.sendmail("alice@example.org", ["bob@example.net"], HAM) == {}
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
     [item] = down.wait_for(1)

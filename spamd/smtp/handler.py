@@ -49,6 +49,9 @@ class ProxyHandler:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname  # this hook's part of EHLO (aiosmtpd's "new" hook)
         await self._abort(session)  # EHLO ends a transaction in progress, as RSET does
+        # aiosmtpd offers AUTH over TLS, with a login that always fails; spamd authenticates no one,
+        # and an MTA set to use AUTH where offered would keep its mail queued on the failure.
+        responses = [line for line in responses if not line.startswith("250-AUTH")]
         responses.insert(len(responses) - 1, "250-DSN")  # passed on (dsn.py)
         if xforward.authorized(session.peer, self.xforward_hosts):
             responses.insert(len(responses) - 1, "250-" + xforward.EHLO_LINE)

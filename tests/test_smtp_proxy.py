@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
 from email import message_from_bytes
 from pathlib import Path
@@ -137,6 +138,21 @@ def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_
     assert list((box / "tmp").iterdir()) == []
     # Each attempt is logged; the refused one says so.
     assert [r.action.endswith(", delivery 451") for r in p.sink.rows] == [False, True, False]
+
+
+@pytest.mark.parametrize("removed", ["Maildir", "Maildir/new", "Maildir/tmp"])
+def test_a_maildir_removed_while_spamd_runs_is_made_again(removed: str, tiny_trained: TrainedTiny, tmp_path: Path,
+                                                         proxy):
+    p = proxy(proxy_config(tiny_trained.models_dir, "maildir:Maildir", tmp_path))
+    first, second = [crlf(raw) for raw in fixture_mail("train", "ham")[:2]]
+    send(p.port, first)
+    box = tmp_path / "Maildir"
+    shutil.rmtree(tmp_path / removed)
+    assert send(p.port, second) == {}  # not 451 until spamd restarts
+    kept = [first, second] if removed == "Maildir/tmp" else [second]  # the first went with new/
+    assert sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for f in (box / "new").iterdir()) \
+        == sorted(kept)
+    assert list((box / "tmp").iterdir()) == []
 
 
 def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):

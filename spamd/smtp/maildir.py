@@ -20,9 +20,19 @@ _counter = itertools.count()
 
 
 def deliver(root: Path, message: bytes) -> str:
-    """Write one message into the Maildir at `root` and return its file name (blocking).
+    """Write one message into the Maildir at `root` and return its file name (blocking)."""
+    try:
+        return _deliver(root, message)
+    except FileNotFoundError:
+        # The Maildir, or a part of it, was removed since spamd made it (an operator moving
+        # mail away): made again, as Postfix's local(8) makes a missing Maildir, rather than
+        # answering 451 to every message until spamd restarts.
+        ensure_maildir(root)
+        return _deliver(root, message)
 
-    The message is on disk before this returns: the file is synced before the rename, and
+
+def _deliver(root: Path, message: bytes) -> str:
+    """One try at `deliver`. The message is on disk before this returns: the file is synced before the rename, and
     `new/` after it, so a crash after the client heard 250 cannot undo the delivery. If the
     write or the rename fails, the file in `tmp/` is removed and the error raised: the client
     is told to retry, and its retry leaves one copy, not an orphan in `tmp/` beside it. (If only

@@ -32,7 +32,9 @@ def deliver(root: Path, message: bytes) -> str:
 
 
 def _deliver(root: Path, message: bytes) -> str:
-    """One try at `deliver`. The message is on disk before this returns: the file is synced before the rename, and
+    """One try at `deliver`.
+
+    The message is on disk before this returns: the file is synced before the rename, and
     `new/` after it, so a crash after the client heard 250 cannot undo the delivery. If the
     write or the rename fails, the file in `tmp/` is removed and the error raised: the client
     is told to retry, and its retry leaves one copy, not an orphan in `tmp/` beside it. (If only

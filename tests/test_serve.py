@@ -9,13 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from spamd.config import Config
+from spamd.smtp.server import needs_restart
 from tests.fixtures_models import TrainedTiny
-from tests.fixtures_smtp import CaptureServer, send
+from tests.fixtures_smtp import CaptureServer, proxy_config, send
 
 HAM = b"Subject: notes\r\nFrom: Dan <dan@example.org>\r\nMessage-ID: <n%d@example.org>\r\n\r\nSee attached.\r\n"
 
@@ -120,6 +123,7 @@ def test_serve_logs_to_sql_and_sighup_reloads_config(tiny_trained: TrainedTiny, 
     try:
         send(port, HAM % 1)
         write_config(tmp_path, tiny_trained.models_dir, down, port, workers=1, spam_threshold="0.0")
+        config.write_text(config.read_text().replace("drain_timeout = 20.0", "drain_timeout = 25.0"))
         os.kill(proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # wait until the reload took effect
@@ -136,6 +140,28 @@ def test_serve_logs_to_sql_and_sighup_reloads_config(tiny_trained: TrainedTiny, 
     assert len(rows) == len(down.messages)
     first_id = down.messages[0].content.split(b"X-Spam-Id: ")[1][:20].decode()
     assert (first_id, "<n1@example.org>", "passed") in rows
+    # The threshold was applied; the drain timeout waits for a restart, and the log says so.
+    [said] = [line for line in err.splitlines() if "will take effect only when spamd restarts" in line]
+    assert "reload: [smtp] drain_timeout changed" in said
+
+
+def test_a_reload_names_the_settings_that_wait_for_a_restart():
+    base = Config()
+    later = replace(base, smtp=replace(base.smtp, idle_timeout=30.0), delivery=replace(base.delivery, url="smtp://mx:25"),
+                    scoring=replace(base.scoring, spam_threshold=0.9, batch_max=8, threads=2),
+                    base_dir=base.base_dir / "elsewhere")
+    assert needs_restart(base, later) == ["[smtp] idle_timeout", "[delivery] url", "[scoring] threads"]
+    assert needs_restart(base, replace(base, scoring=replace(base.scoring, rnn_rule="never"))) == []
+
+
+def test_a_reload_applies_the_batch_settings(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    p = proxy(cfg)
+    p.call(p.daemon.reload(replace(cfg, scoring=replace(cfg.scoring, batch_max=4, batch_wait_ms=3.0))))
+    assert (p.daemon.batcher.max_batch, p.daemon.batcher.wait_s) == (4, 0.003)
+    send(p.port, HAM % 9)
+    assert len(down.wait_for(1)) == 1
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 
@@ -150,7 +150,7 @@ class Daemon:
         await self.connections.quiet()
 
     async def reload(self, cfg: Config) -> None:
-        """New scoring settings and models; [smtp] and [delivery] changes need a restart."""
+        """New [scoring] settings and models; the rest needs a restart (`needs_restart`)."""
         models = await asyncio.to_thread(load_models, cfg)
         if models is None and cfg.scoring.enabled:
             log.error("reload: keeping the models in use")
@@ -160,8 +160,24 @@ class Daemon:
                 freeze_heap()  # one full collection: frees the replaced models, freezes the new ones
         self.handler.policy = ActionPolicy.from_config(cfg.scoring)
         self.handler.scoring_timeout = cfg.scoring.timeout
+        self.batcher.max_batch, self.batcher.wait_s = max(1, cfg.scoring.batch_max), cfg.scoring.batch_wait_ms / 1000
         self.cfg = cfg
         log.warning("reloaded: model %s", models.version if models else "unchanged")
+
+
+def needs_restart(running: Config, loaded: Config) -> list[str]:
+    """The settings that differ between the config a worker started from and one loaded later,
+    and that a reload does not apply: all but [scoring]'s (torch's thread count included)."""
+    changed = []
+    for section in fields(Config):
+        old, new = getattr(running, section.name), getattr(loaded, section.name)
+        if not is_dataclass(old):
+            continue  # base_dir: the file's own place
+        for setting in fields(old):
+            applied = section.name == "scoring" and setting.name != "threads"
+            if not applied and getattr(old, setting.name) != getattr(new, setting.name):
+                changed.append(f"[{section.name}] {setting.name}")
+    return changed
 
 
 def run(cfg: Config, config_path: str | None, sink_factory: Callable[[Config], tuple[ScoreLogSink, Callable[[], None]]],
@@ -180,6 +196,9 @@ async def _main(cfg: Config, config_path: str | None,
     loop.set_default_executor(named_executor("spamd-io"))
     sink, close_sink = sink_factory(cfg)
     try:
+        # The file as it was at start (cfg has serve's command-line settings on it): what a
+        # reload compares with, to say which changes wait for a restart.
+        started_from = await asyncio.to_thread(_config_or_none, config_path)
         models = await asyncio.to_thread(load_models, cfg)
         daemon = await Daemon.start(cfg, sink, models, sock)
         freeze_heap()
@@ -190,7 +209,7 @@ async def _main(cfg: Config, config_path: str | None,
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, config_path)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, config_path, started_from)))
         await stop.wait()
         watcher.cancel()
         log.warning("stopping: draining messages in flight")
@@ -207,10 +226,19 @@ def watch_models(daemon: Daemon, models: ModelSet | None) -> ModelWatcher:
                         sweep=bool(cfg.training.keep_versions))
 
 
-async def _reload(daemon: Daemon, config_path: str | None) -> None:
+async def _reload(daemon: Daemon, config_path: str | None, started_from: Config | None) -> None:
     try:
         cfg = await asyncio.to_thread(load_config, config_path)
     except ConfigError as exc:
         log.error("reload: %s (keeping the old config)", exc)
         return
+    if started_from is not None and (waiting := needs_restart(started_from, cfg)):
+        log.warning("reload: %s changed, and will take effect only when spamd restarts", ", ".join(waiting))
     await daemon.reload(cfg)
+
+
+def _config_or_none(config_path: str | None) -> Config | None:
+    try:
+        return load_config(config_path)
+    except ConfigError:
+        return None  # changed since serve read it, and broken: a reload will say so

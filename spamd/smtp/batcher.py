@@ -38,7 +38,7 @@ def isolate(fn: Callable[[list[T]], list[U]], items: list[T]) -> list[U | Scorin
 class Batcher:
     def __init__(self, scorer: Scorer | None, max_batch: int = 32, wait_s: float = 0.0) -> None:
         self.scorer = scorer  # swapped by reload(); a running batch keeps the one it started with
-        self.max_batch, self.wait_s = max(1, max_batch), wait_s
+        self.configure(max_batch, wait_s)
         self.batches = self.scored = 0  # counters, for tests and benchmarks
         self._pending: list[tuple[bytes, asyncio.Future[Verdict]]] = []
         self._waiting: list[Waiting] = []  # read by the CNN, waiting for the RNN
@@ -48,6 +48,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name="spamd-batcher"),
                        loop.create_task(self._run_rnn(), name="spamd-rnn")]
+
+    def configure(self, max_batch: int, wait_s: float) -> None:
+        """The batch bounds: set at start, and again on reload."""
+        self.max_batch, self.wait_s = max(1, max_batch), wait_s
 
     async def score(self, raw: bytes) -> Verdict:
         """The verdict for one message; raises ScoringError if it cannot be scored."""

@@ -24,9 +24,8 @@ def deliver(root: Path, message: bytes) -> str:
     try:
         return _deliver(root, message)
     except FileNotFoundError:
-        # The Maildir, or a part of it, was removed since spamd made it (an operator moving
-        # mail away): made again, as Postfix's local(8) makes a missing Maildir, rather than
-        # answering 451 to every message until spamd restarts.
+        # No Maildir yet, or a part of it removed since (an operator moving mail away): made
+        # now, as Postfix's local(8) makes a missing Maildir. If that fails, the client hears 451.
         ensure_maildir(root)
         return _deliver(root, message)
 
@@ -90,17 +89,9 @@ class MaildirDownstream:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._ready = False
 
     async def begin(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply:
-        if not self._ready:
-            try:
-                await asyncio.to_thread(ensure_maildir, self.root)
-            except OSError as exc:
-                log.error("cannot create maildir %s: %s", self.root, exc)
-                return Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
-            self._ready = True
-        return MaildirTransaction(self.root)
+        return MaildirTransaction(self.root)  # `deliver` makes the Maildir when it is missing
 
     async def close(self) -> None:
         return None

@@ -160,7 +160,7 @@ class Daemon:
                 freeze_heap()  # one full collection: frees the replaced models, freezes the new ones
         self.handler.policy = ActionPolicy.from_config(cfg.scoring)
         self.handler.scoring_timeout = cfg.scoring.timeout
-        self.batcher.max_batch, self.batcher.wait_s = max(1, cfg.scoring.batch_max), cfg.scoring.batch_wait_ms / 1000
+        self.batcher.configure(cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
         self.cfg = cfg
         log.warning("reloaded: model %s", models.version if models else "unchanged")
 

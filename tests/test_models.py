@@ -14,7 +14,7 @@ from spamd import metrics, modelstore
 from spamd.combine import Combiner, consult_rnn, fit_combiner
 from spamd.errors import ModelIntegrityError, ModelNotFound, ScoringError, TrainingError
 from spamd.nets.cnn import CNNConfig, FusedCNN, TextCNN
-from spamd.nets.ortrnn import OrtRNN
+from spamd.nets.ortrnn import OrtRNN, gru_model
 from spamd.nets.rnn import FusedRNN, RNNConfig, TextRNN
 from spamd.scorer import Scorer, ScoringPolicy, encode
 from spamd.train import Sample, split, train
@@ -71,6 +71,23 @@ def test_rnn_inference_forms_compute_what_the_packed_rnn_computes(bidirectional:
     with torch.no_grad():
         for batch in (ids, ids[:1], ids[2:3], ids[1:3]):
             assert torch.allclose(fused(batch), rnn(batch, packed=True), atol=1e-5)
+
+
+def test_ortrnn_runs_when_onnx_is_newer_than_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An onnx package newer than the onnxruntime installed beside it (pip allows any pair) stamps
+    # its own IR version on a model it builds, which the older runtime refuses: seen on a machine
+    # with onnx 1.23 (IR 14) and onnxruntime 1.30 (up to 13). The GRU's graph must still load.
+    import onnx
+    import onnxruntime
+
+    monkeypatch.setattr(onnx, "IR_VERSION", 99)  # an onnx from the future
+    rnn = TextRNN(RNNConfig(buckets=256, embed_dim=6, hidden=5, stride=3, window=60)).eval()
+    model = gru_model(rnn.gru)
+    assert model.ir_version < 99
+    onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = torch.randint(1, 10_000, (2, 70))
+    with torch.no_grad():
+        assert torch.allclose(OrtRNN(rnn)(ids), rnn(ids, packed=True), atol=1e-5)
 
 
 def test_scoring_goes_on_in_torch_when_onnxruntime_cannot_run_the_rnn(

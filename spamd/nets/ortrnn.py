@@ -90,7 +90,11 @@ def gru_model(gru: nn.GRU) -> onnx.ModelProto:
          helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", len(suffixes), h])],
         inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    # Stamped with the oldest IR version that the opset needs, not the onnx package's own: an onnx
+    # newer than the onnxruntime beside it writes an IR version that runtime refuses (onnx 1.23
+    # writes 14; onnxruntime 1.30 reads up to 13), and the GRU would fall back to torch's, slower.
+    opsets = [helper.make_opsetid("", OPSET)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def _zrh(param: torch.Tensor) -> np.ndarray:

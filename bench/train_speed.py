@@ -3,7 +3,7 @@ model's size costs in accuracy (hashed-token table sizes, fp16 storage).
 
     python -m bench.train_speed --dump var/tokens.pt            # tokenize the corpus once
     python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep] [--rnn-sweep]
-                                [--cnn-sweep] [--seeds 1,2] [--cnn embed_dim=32,filters=64] [--save DIR]
+                                [--cnn-sweep [SPEC ...]] [--seeds 1,2] [--cnn embed_dim=32,filters=64] [--save DIR]
 
 The tokens file lets the run happen on a machine without the corpus (a lent GPU box).
 """
@@ -93,7 +93,9 @@ def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig, save:
     params = sum(p.numel() for net in (models.cnn, models.rnn) for p in net.parameters())
     out = {"device": cfg.device, "threads": cfg.threads, "seed": cfg.seed, "cnn_buckets": cfg.cnn.buckets,
            "train_seconds": round(seconds, 1), "fp16_megabytes": round(params * 2 / 2**20, 1),
-           "fp32": evaluate(models, test), "cnn_alone": evaluate(models, test, "never")}
+           "fp32": evaluate(models, test), "cnn_alone": evaluate(models, test, "never"),
+           "validation": {k: models.manifest.metrics[k]["one_minus_roca_pct"]
+                          for k in ("validation", "validation_cnn") if k in models.manifest.metrics}}
     out["long_subset"] = long_subset(models, test)
     out["rnn"] = {k: v for k, v in vars(cfg.rnn).items()}
     out["cnn"] = {k: v for k, v in vars(cfg.cnn).items()}
@@ -110,8 +112,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="also train with other CNN table sizes")
     ap.add_argument("--rnn-sweep", action="store_true", help="also train RNN variants (size, stride)")
-    ap.add_argument("--cnn-sweep", action="store_true",
-                    help="also train smaller CNNs (embedding width, filters, filter widths), each with --seeds")
+    ap.add_argument("--cnn-sweep", type=cnn_config, nargs="*", default=None, metavar="SPEC",
+                    help="also train smaller CNNs, each with --seeds: the SPECs given (as --cnn's), "
+                         "or without any, four that shrink embedding width, filters and filter widths")
     ap.add_argument("--seeds", default="1", help="comma-separated training seeds for each configuration")
     ap.add_argument("--cnn", type=cnn_config, default=CNNConfig(),
                     help="the first runs' CNN, as changes to the default: embed_dim=32,filters=64,widths=1+2+3")
@@ -135,12 +138,11 @@ def main() -> None:
         rnn_kws: list[dict[str, Any]] = [{"hidden": 96}, {"stride": 2}, {"hidden": 96, "embed_dim": 64, "stride": 2}]
         for kw in rnn_kws:
             runs.append(one_run(train_set, test, replace(base, rnn=replace(RNNConfig(), **kw))))
-    if args.cnn_sweep:
+    if args.cnn_sweep is not None:
         cnn_kws: list[dict[str, Any]] = [{"embed_dim": 32, "filters": 64}, {"filters": 64}, {"widths": (1, 2, 3)},
                                          {"embed_dim": 32, "filters": 64, "widths": (1, 2, 3)}]
-        for kw in cnn_kws:
-            runs += [one_run(train_set, test, replace(base, seed=seed, cnn=replace(CNNConfig(), **kw)))
-                     for seed in seeds]
+        for cnn in args.cnn_sweep or [replace(CNNConfig(), **kw) for kw in cnn_kws]:
+            runs += [one_run(train_set, test, replace(base, seed=seed, cnn=cnn)) for seed in seeds]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": name, "runs": runs}, indent=2) + "\n")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import shutil
 import smtplib
+import socket
+from dataclasses import replace
 from email import message_from_bytes
 from pathlib import Path
 
 import pytest
 
+from spamd.errors import ConfigError
 from spamd.scorer import Scorer, ScoringPolicy
 from tests.fixtures_models import DATA, TrainedTiny, fixture_mail
 from tests.fixtures_smtp import proxy_config, send
@@ -264,3 +267,49 @@ def test_a_utf8_recipient_for_a_downstream_without_smtputf8_is_refused_alone(tin
     assert (item.mail_from, item.rcpt_tos) == ("joerg@example.org", ("bob@example.net",))
     [row] = p.sink.rows
     assert row.recipients == ("bob@example.net",)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _ipv6() -> bool:
+    try:
+        _free_port("::")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("listen", "host"), [
+    ("127.0.0.1", "127.0.0.1"),
+    ("127.0.0.1", "localhost"),  # a name of this host
+    ("0.0.0.0", "127.0.0.1"),  # listening on every address
+    pytest.param("[::]", "127.0.0.1", marks=pytest.mark.skipif(not _ipv6(), reason="no IPv6 here")),  # dual stack
+])
+def test_delivery_to_spamds_own_listener_stops_it_at_start(listen: str, host: str, tmp_path: Path, proxy):
+    # A url one port off the reinjection port that lands on spamd itself would send every message
+    # round through spamd until the connections ran out: refused at start, as Postfix refuses mail
+    # that "loops back to myself".
+    port = _free_port()
+    cfg = proxy_config(tmp_path / "no-models", f"smtp://{host}:{port}", tmp_path, enabled=False)
+    cfg = replace(cfg, smtp=replace(cfg.smtp, listen=f"{listen}:{port}"))
+    with pytest.raises(ConfigError, match="loop back into spamd"):
+        proxy(cfg, models=False)
+    # the listening socket was given back: another spamd can take the port at once
+    ok = replace(cfg, delivery=replace(cfg.delivery, url="maildir:Maildir"))
+    assert proxy(ok, models=False).port == port
+
+
+def test_delivery_to_another_address_on_the_same_port_is_delivered(tmp_path: Path, capture, proxy):
+    # 127.0.0.2 is this host too, but spamd listening there and delivering to 127.0.0.1 on the
+    # same port is no loop: the downstream has that port on 127.0.0.1.
+    downstream = capture()
+    cfg = proxy_config(tmp_path / "no-models", f"smtp://127.0.0.1:{downstream.port}", tmp_path, enabled=False)
+    spamd = proxy(replace(cfg, smtp=replace(cfg.smtp, listen=f"127.0.0.2:{downstream.port}")), models=False)
+    raw = crlf(fixture_mail("starter", "ham")[0])
+    with smtplib.SMTP("127.0.0.2", spamd.port, timeout=30) as client:
+        assert client.sendmail("alice@example.org", ["bob@example.net"], raw) == {}
+    assert len(downstream.messages) == 1

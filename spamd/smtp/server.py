@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -89,6 +90,43 @@ def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+async def refuse_delivery_to_itself(cfg: Config, downstream: Downstream, sock: socket.socket) -> None:
+    """Stop at start when `[delivery] url` names spamd's own listening socket (a typo of one port
+    away from the reinjection port, say): every message would go round through spamd until the
+    connections ran out, and be deferred for ever. Postfix refuses the same ("mail for ... loops
+    back to myself"). A host name that does not resolve within two seconds is not checked: the
+    relay reports it per message."""
+    from spamd.smtp.relay import SmtpDownstream
+
+    if not isinstance(downstream, SmtpDownstream):
+        return
+    own_ip, own_port = sock.getsockname()[:2]
+    if downstream.port != own_port:
+        return
+    try:
+        found = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+            downstream.host, downstream.port, type=socket.SOCK_STREAM), 2.0)
+    except (OSError, TimeoutError):
+        return
+    own = ipaddress.ip_address(own_ip)
+    v6only = sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    for family, _, _, _, addr in found:
+        ip = ipaddress.ip_address(addr[0])
+        if ip == own or (own.is_unspecified and (family == sock.family or not v6only) and _is_local(family, str(ip))):
+            raise ConfigError(f"[delivery] url {cfg.delivery.url} is spamd's own [smtp] listen "
+                              f"{cfg.smtp.listen}: every message would loop back into spamd")
+
+
+def _is_local(family: int, ip: str) -> bool:
+    """Whether `ip` is an address of this host: only those can be bound."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Daemon:
     cfg: Config
@@ -109,6 +147,13 @@ class Daemon:
                                cfg.path(smtp.tls_key_file) if smtp.tls_key_file else None, smtp.require_tls)
         xforward_hosts = xforward.networks(smtp.xforward_hosts)
         downstream = open_downstream(cfg)
+        bound = sock or listen_socket(cfg.smtp.listen)
+        try:
+            await refuse_delivery_to_itself(cfg, downstream, bound)
+        except ConfigError:
+            if sock is None:
+                bound.close()
+            raise
         batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
         handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
                                cfg.scoring.timeout, smtp.max_recipients, xforward_hosts)
@@ -120,7 +165,7 @@ class Daemon:
                              timeout=smtp.idle_timeout, enable_SMTPUTF8=True, tls_context=tls,
                              require_starttls=smtp.require_tls, loop=loop)
 
-        server = await loop.create_server(protocol, sock=sock or listen_socket(cfg.smtp.listen), backlog=1024)
+        server = await loop.create_server(protocol, sock=bound, backlog=1024)
         return cls(cfg, handler, batcher, downstream, conns, server)
 
     @property

@@ -92,10 +92,11 @@ def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
 
 async def refuse_delivery_to_itself(cfg: Config, downstream: Downstream, sock: socket.socket) -> None:
     """Stop at start when `[delivery] url` names spamd's own listening socket (a typo of one port
-    away from the reinjection port, say): every message would go round through spamd until the
-    connections ran out, and be deferred for ever. Postfix refuses the same ("mail for ... loops
-    back to myself"). A host name that does not resolve within two seconds is not checked: the
-    relay reports it per message."""
+    away from the reinjection port, say): each MAIL would open a downstream transaction with spamd
+    itself, which opens another, until the pool ran out, and the sender's MAIL would go unanswered
+    (by hand, before this check: swaks waited 30 s and gave up). Postfix refuses the same ("mail
+    for ... loops back to myself"). A host name that does not resolve within two seconds is not
+    checked: the relay reports it per message."""
     from spamd.smtp.relay import SmtpDownstream
 
     if not isinstance(downstream, SmtpDownstream):

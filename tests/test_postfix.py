@@ -53,9 +53,9 @@ def swaks(port: int, raw: bytes, tmp_path: Path) -> subprocess.CompletedProcess[
 CLIENT_HELO = "client.example.org"  # what the test's sender says in EHLO
 
 
-def send(port: int, raw: bytes) -> dict[str, tuple[int, bytes]]:
+def send(port: int, raw: bytes, sender: str = "alice@example.org") -> dict[str, tuple[int, bytes]]:
     with smtplib.SMTP("127.0.0.1", port, timeout=60, local_hostname=CLIENT_HELO) as client:
-        return client.sendmail("alice@example.org", [MAILBOX], raw)
+        return client.sendmail(sender, [MAILBOX], raw)
 
 
 def header(message: bytes, name: bytes) -> bytes:
@@ -171,6 +171,23 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
     labelled = labels(spamd)
     assert labelled == {(header(by_id[b"aq-ham"], b"X-Spam-Id").decode(), "spam", "bob", "pipe"),
                         (header(by_id[b"aq-spam"], b"X-Spam-Id").decode(), "ham", "bob", "pipe")}
+
+
+@pytest.mark.slow
+@needs_postfix
+def test_after_queue_passes_a_bounce_on_with_the_null_sender(mail_system: Callable[..., Setup]):
+    # A bounce or delivery notice for bob (MAIL FROM:<>) goes through spamd like any mail and
+    # reaches him with the null sender. (spamd used to send MAIL FROM:<<>> on; Postfix's smtpd
+    # reads that as <>, even with strict_rfc821_envelopes = yes, so this test passed then too:
+    # test_smtp_proxy's downstream is the one that refused it.)
+    postfix, spamd = mail_system("after-queue")
+    assert send(postfix.public_port, with_id(fixture_mail("train", "ham")[0], "aq-bounce"), sender="") == {}
+    delivered = postfix.wait_delivered(1)
+    assert len(delivered) == 1, postfix.log() + spamd.log()
+    assert header(delivered[0], b"Return-Path") == b"<>"
+    assert header(delivered[0], b"X-Spam-Status").startswith((b"Yes, score=", b"No, score="))
+    assert "relay=127.0.0.1[127.0.0.1]" in postfix.log()  # through the spamd transport
+    assert postfix.queue() == []
 
 
 @pytest.mark.slow

@@ -167,6 +167,27 @@ def test_downstream_connections_are_reused(tiny_trained: TrainedTiny, tmp_path: 
     assert down.connections == 1
 
 
+def test_a_bounce_with_the_null_sender_is_passed_on_with_it(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                           capture, proxy):
+    # Bounces and delivery notices come from the null sender (MAIL FROM:<>, RFC 5321 4.5.5). They
+    # must be scored and passed on with that empty sender, never refused and never given one (a
+    # bounce with a sender can loop). spamd used to send MAIL FROM:<<>> on, which a strict downstream
+    # refuses (this aiosmtpd one with 553; Postfix's smtpd reads it as <>): the MTA in front then
+    # bounced the bounce to nobody, and the sender never heard that the mail had failed.
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    bounce = crlf(fixture_mail("starter", "ham")[0])
+    for rcpts in (("bob@example.net",), ("bob@example.net", "carol@example.net")):
+        assert send(p.port, bounce, sender="", rcpts=rcpts) == {}
+    got = down.wait_for(2)
+    # the downstream (aiosmtpd) gives MAIL FROM:<> as "<>"
+    assert [(m.mail_from, m.rcpt_tos) for m in got] == [
+        ("<>", ("bob@example.net",)), ("<>", ("bob@example.net", "carol@example.net"))]
+    assert all(m.content.endswith(bounce) and _headers(m.content)["X-Spam-Status"].startswith(("Yes", "No"))
+               for m in got)
+    assert [row.sender for row in p.sink.rows] == ["<>", "<>"]  # as Postfix logs it: from=<>
+
+
 UTF8_MAIL = ("Subject: Grüße aus Köln\r\nFrom: Jörg <jörg@exämple.org>\r\nMessage-ID: <u1@example.org>\r\n"
              "Content-Type: text/plain; charset=utf-8\r\n\r\nBis morgen, schöne Grüße.\r\n").encode()
 # UTF-8 in the body only: 8BITMIME carries it, SMTPUTF8 is not needed.

@@ -75,7 +75,10 @@ class ProxyHandler:
             return replies.SHUTTING_DOWN
         await self._abort(session)  # HELO in mid-transaction resets the envelope without RSET (EHLO: handle_EHLO)
         options = mail_options + getattr(server, "dsn_mail", [])  # DSN's as written (SpamdSMTP.smtp_MAIL)
-        begun = await self.downstream.begin(address, options, self._forwarded.get(session, {}))
+        # The null sender of bounces and notices (MAIL FROM:<>) reaches a handler as "<>", and stays
+        # so in the envelope (aiosmtpd's RCPT needs a MAIL); downstream it is the empty address.
+        sender = "" if address == "<>" else address
+        begun = await self.downstream.begin(sender, options, self._forwarded.get(session, {}))
         if isinstance(begun, Reply):
             return begun.line
         self._open[session] = begun

@@ -117,6 +117,23 @@ def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_
     assert sorted(re.search(rb"X-Spam-Id: (\w+)\r\n", c).group(1).decode() for c in contents) == sorted(
         r.id for r in p.sink.rows)
     assert sorted(c.split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for c in contents) == sorted(raws)
+    # the envelope on top, as a delivery agent writes it
+    assert all(c.startswith(b"Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.net\r\nX-Spam-")
+               for c in contents)
+
+
+def test_maildir_delivery_writes_the_envelope_on_top(tmp_path: Path, proxy):
+    # Return-Path is the envelope sender (<> for a bounce), and each recipient gets a Delivered-To,
+    # in the message's own line ending; what follows is the message as spamd passes it on.
+    p = proxy(proxy_config(tmp_path / "no-models", "maildir:Maildir", tmp_path, enabled=False), models=False)
+    raw = fixture_mail("starter", "ham")[0].replace(b"\r\n", b"\n")
+    assert send(p.port, crlf(raw), sender="", rcpts=("bob@example.net", "carol@example.net")) == {}
+    send(p.port, crlf(raw), sender="alice@example.org")
+    got = sorted(f.read_bytes() for f in (tmp_path / "Maildir" / "new").iterdir())
+    assert sorted(c.split(b"\r\n", 3)[:3] for c in got) == [
+        [b"Return-Path: <>", b"Delivered-To: bob@example.net", b"Delivered-To: carol@example.net"],
+        [b"Return-Path: <alice@example.org>", b"Delivered-To: bob@example.net", b"X-Spam-Status: Unknown"]]
+    assert all(c.endswith(crlf(raw)) for c in got)
 
 
 def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_trained: TrainedTiny,

@@ -1,4 +1,9 @@
-"""maildir:PATH delivery: each message written in tmp/, synced, then renamed into new/ (atomic)."""
+"""maildir:PATH delivery: each message written in tmp/, synced, then renamed into new/ (atomic).
+
+The Maildir is the final delivery, so the envelope goes on top of the message as a delivery agent
+writes it (Postfix's local(8), Dovecot's LDA): `Return-Path: <sender>` (RFC 5321 4.4) and a
+`Delivered-To:` for each recipient. It is one catch-all mailbox: one copy for all recipients.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from spamd.durable import fsync_path
+from spamd.mail.headers import prepend_headers
 from spamd.smtp import replies
 from spamd.smtp.forward import Reply, Transaction
 
@@ -62,13 +68,18 @@ def ensure_maildir(root: Path) -> None:
 
 
 class MaildirTransaction:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sender: str) -> None:
         self.root = root
+        self.sender = sender
+        self.recipients: list[str] = []
 
     async def add_recipient(self, address: str, options: list[str]) -> Reply:
+        self.recipients.append(address)
         return Reply.parse(replies.RECIPIENT_OK)
 
     async def send(self, message: bytes) -> Reply:
+        envelope = [("Return-Path", f"<{self.sender}>"), *(("Delivered-To", r) for r in self.recipients)]
+        message = prepend_headers(message, envelope)
         try:
             name = await asyncio.to_thread(deliver, self.root, message)
         except OSError as exc:
@@ -91,7 +102,7 @@ class MaildirDownstream:
         self.root = root
 
     async def begin(self, sender: str, options: list[str], forwarded: Mapping[str, str]) -> Transaction | Reply:
-        return MaildirTransaction(self.root)  # `deliver` makes the Maildir when it is missing
+        return MaildirTransaction(self.root, sender)  # `deliver` makes the Maildir when it is missing
 
     async def close(self) -> None:
         return None

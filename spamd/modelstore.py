@@ -68,7 +68,8 @@ class ModelSet:
 
     @property
     def tokenizer(self) -> TokenizerConfig:
-        return TokenizerConfig(**self.manifest.tokenizer)
+        # Versions trained before `skip_delivery_headers` existed read every header, as they learnt.
+        return TokenizerConfig(**{"skip_delivery_headers": False, **self.manifest.tokenizer})
 
     @property
     def combiner(self) -> Combiner:

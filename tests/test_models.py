@@ -241,6 +241,15 @@ def test_metrics() -> None:
     assert metrics.recall_at_fpr([0.1, 0.2, 0.3, 0.9, 0.25], [0, 0, 0, 1, 1], 0.0) == 0.5
 
 
+def test_a_manifest_from_before_skip_delivery_headers_reads_them(tiny_trained: TrainedTiny) -> None:
+    # A version trained while the tokenizer read delivery headers must keep reading them: its
+    # manifest has no `skip_delivery_headers`. New versions write the key.
+    models = tiny_trained.load()
+    assert models.manifest.tokenizer["skip_delivery_headers"] is True and models.tokenizer.skip_delivery_headers
+    del models.manifest.tokenizer["skip_delivery_headers"]
+    assert models.tokenizer.skip_delivery_headers is False
+
+
 def test_manifest_is_readable_json(tiny_trained: TrainedTiny) -> None:
     data = json.loads((tiny_trained.models_dir / tiny_trained.version / "manifest.json").read_text())
     assert data["version"] == tiny_trained.version

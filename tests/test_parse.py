@@ -55,6 +55,33 @@ def test_own_headers_are_never_read() -> None:
     assert "hdr:x-spam-flag" not in tokens(mail, TokenizerConfig())
 
 
+DELIVERED_ON_TOP = (
+    b"Return-Path: <deals@pharma.example>\r\n"
+    b"Delivered-To: bob@example.net\r\n"
+    b"X-Original-To: bob@example.net\r\n"
+    b"Received: from localhost (localhost [127.0.0.1])\r\n\tby mx.example.net (Postfix) with ESMTP id 1A\r\n"
+    b"Received: from mx.example.net [192.0.2.25]\r\n\tby localhost with IMAP (fetchmail-6.4)\r\n"
+    b"Received: from mx.example.net (mx.example.net [::1])\r\n\tby imap.example.net with LMTP\r\n"
+)
+MX_HOP = b"Received: from relay.pharma.example (relay.pharma.example [198.51.100.7])\r\n\tby mx.example.net\r\n"
+
+
+def test_headers_the_final_delivery_writes_are_not_read() -> None:
+    # spamd in front of the MTA never sees what the final delivery puts on top (Return-Path,
+    # Delivered-To, X-Original-To, hops over loopback), but delivered mail (the corpus, the
+    # mailboxes users label from) has it: it must not change what a model reads.
+    as_spamd_sees_it = MX_HOP + MULTIPART
+    delivered = DELIVERED_ON_TOP + as_spamd_sees_it
+    cfg = TokenizerConfig()
+    assert tokens(parse(delivered), cfg) == tokens(parse(as_spamd_sees_it), cfg)
+    assert "rcvd:relay.pharma.example" in tokens(parse(delivered), cfg)  # the MX's own hop is read
+    # only the run on top: a Return-Path further down is part of the message as spamd sees it
+    assert "hdr:return-path" in tokens(parse(MX_HOP + b"Return-Path: <x@y.example>\r\n" + MULTIPART), cfg)
+    # models trained before this setting read them all, and still do (their manifests lack the key)
+    old = tokens(parse(delivered), replace(cfg, skip_delivery_headers=False))
+    assert {"hdr:return-path", "hdr:delivered-to", "rpath:deals", "rcvd:mx.example.net"} <= set(old)
+
+
 def test_tokens_carry_markers_headers_subject_and_body_in_order() -> None:
     toks = tokens(parse(MULTIPART), TokenizerConfig())
     assert "html-only" in toks and "url:win.example" in toks and "attach:1" in toks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,9 +59,16 @@ def active(db_url: str) -> str | None:
 def test_a_good_candidate_is_promoted_and_recorded(retrain_cfg: Callable[..., Config], models_dir: Path) -> None:
     cfg = retrain_cfg(epochs=10, gate_auc_tolerance=0.05, gate_fpr_tolerance=0.1)
     before = modelstore.active_version(models_dir)
+    # the active version is one from before skip_delivery_headers (as the shipped starter is)
+    manifest = models_dir / before / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["tokenizer"]["skip_delivery_headers"]
+    manifest.write_text(json.dumps(old))
     label_fixture_mail(cfg.database_url)
     out = job.run(cfg)
     assert out.outcome == "promoted", out
+    assert out.candidate is not None  # ...and its successor learns without the delivery headers
+    assert modelstore.read_manifest(models_dir, out.candidate).tokenizer["skip_delivery_headers"] is True
     assert out.active == before and out.candidate not in (None, before)
     assert active(cfg.database_url) == out.candidate
     assert load_active(cfg).version == out.candidate  # and models/ACTIVE follows the registry

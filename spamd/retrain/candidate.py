@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -38,7 +38,10 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
     """Read the mail, cut the holdout, train from the active version (or scratch), evaluate both, save."""
     t0 = time.monotonic()
     parent = modelstore.load(cfg.models_dir, active) if active else None
-    tok = parent.tokenizer if parent else TokenizerConfig()
+    # The parent's token space, so the candidate starts from its weights; but never the delivery
+    # headers, whatever the parent read: labelled mail comes from mailboxes, where the final
+    # delivery wrote them, and live mail reaches spamd without them (features.delivery_fields).
+    tok = replace(parent.tokenizer, skip_delivery_headers=True) if parent else TokenizerConfig()
     with opened(cfg.database_url) as engine, Session(engine) as s:
         site = data.labelled(s, tok)
     starter = _starter(cfg, tok)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spamd.corpus import read_messages
+from spamd.features import delivery_fields
+from spamd.mail.headers import header_fields, split_header_block
 
 CORPUS = Path(os.environ.get("SPAMD_CORPUS", Path(__file__).resolve().parents[2] / "shared/corpora/spamassassin"))
 
@@ -24,10 +26,33 @@ class Row:
     folder: str
 
     def raw(self) -> bytes:
-        """The message as an MTA would hand it over (the mbox From_ line removed)."""
+        """The message as stored in the corpus (the mbox From_ line removed)."""
         item = next(read_messages([str(self.path)]))
         assert item.raw is not None, item.error
         return item.raw
+
+    def as_received(self) -> bytes:
+        """The message as spamd in front of the collecting site's MTA would have seen it: without
+        the fields its final delivery wrote on top (Return-Path, Delivered-To, loopback and
+        fetchmail hops: `spamd.features.delivery_fields`)."""
+        return without_delivery_fields(self.raw())
+
+
+def without_delivery_fields(raw: bytes) -> bytes:
+    block, rest = split_header_block(raw)
+    fields = header_fields(block)
+    named = [(f.split(b":", 1)[0].decode("latin-1").strip(), f.partition(b":")[2].decode("latin-1"))
+             for f in fields]
+    return b"".join(fields[delivery_fields(named):]) + rest
+
+
+def write_as_received(rows: list[Row], folder: Path) -> list[Path]:
+    """Each row's `as_received` bytes in a file of its own under `folder` (for bogofilter)."""
+    paths = []
+    for i, r in enumerate(rows):
+        paths.append(folder / f"{i:05d}.eml")
+        paths[-1].write_bytes(r.as_received())
+    return paths
 
 
 def rows(split: str | None = None, folders: tuple[str, ...] | None = None) -> list[Row]:

@@ -2,6 +2,7 @@
 model's size costs in accuracy (hashed-token table sizes, fp16 storage).
 
     python -m bench.train_speed --dump var/tokens.pt            # tokenize the corpus once
+                                [--read-delivery-headers]       # as models before skip_delivery_headers
     python -m bench.train_speed --tokens var/tokens.pt [--device cuda] [--sweep] [--rnn-sweep]
                                 [--cnn-sweep [SPEC ...]] [--seeds 1,2] [--cnn embed_dim=32,filters=64] [--save DIR]
 
@@ -31,13 +32,14 @@ from spamd.scorer import Scorer, ScoringPolicy
 from spamd.train import Sample, TrainConfig, train
 
 
-def dump(path: Path) -> None:
+def dump(path: Path, read_delivery_headers: bool = False) -> None:
+    """Train rows as stored (as `make starter` reads them); test rows as received (`bench.accuracy`)."""
     from bench.corpus import rows
 
-    tok = TokenizerConfig()
+    tok = TokenizerConfig(skip_delivery_headers=not read_delivery_headers)
     data: dict[str, list[dict[str, object]]] = {"train": [], "test": []}
     for r in rows():
-        raw = r.raw()
+        raw = r.raw() if r.split == "train" else r.as_received()
         data[r.split].append({"ids": token_ids(parse(raw), tok), "label": r.label, "key": fingerprint(raw)})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
@@ -107,6 +109,8 @@ def one_run(train_set: list[Sample], test: list[Sample], cfg: TrainConfig, save:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dump", type=Path)
+    ap.add_argument("--read-delivery-headers", action="store_true",
+                    help="--dump with the tokenizer reading delivery headers, as models trained before it skipped them")
     ap.add_argument("--tokens", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -124,7 +128,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("bench/out/train_speed.json"))
     args = ap.parse_args()
     if args.dump:
-        return dump(args.dump)
+        return dump(args.dump, args.read_delivery_headers)
     train_set, test = load(args.tokens)
     base = TrainConfig(device=args.device, threads=args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{args.threads} threads"

@@ -33,6 +33,22 @@ def test_the_key_ignores_spamds_own_headers_and_keeps_the_score_log_id() -> None
     assert marked.subject and marked.message_id.startswith("<")
 
 
+def test_a_delivered_copy_is_learnt_as_spamd_scored_it() -> None:
+    # A mailbox's copy has the final delivery's fields above spamd's block (Return-Path,
+    # Delivered-To, the reinjection's Received): they go with the block, so bob's and carol's copies
+    # of one message are one labelled message, stored as the bytes spamd scored.
+    raw = fixture_mail("train", "ham")[0]
+    copies = [(f"Return-Path: <a@example.org>\nDelivered-To: {user}@example.net\n"
+               "Received: from localhost (localhost [127.0.0.1])\n\tby mx.example.net (Postfix)\n").encode()
+              + tagged(raw) for user in ("bob", "carol")]
+    bob, carol = (labels.prepare(c) for c in copies)
+    assert bob.raw == carol.raw == labels.prepare(raw).raw and bob.sha256 == carol.sha256
+    assert bob.score_log_id == SPAM_ID
+    # without spamd's block (no X-Spam-Id) nothing but X-Spam-* fields is taken away
+    forged = b"Delivered-To: bob@example.net\nX-Spam-Flag: NO\n" + raw
+    assert labels.prepare(forged).raw == b"Delivered-To: bob@example.net\n" + raw
+
+
 def test_add_then_same_label_is_unchanged_then_other_label_relabels(engine: Engine) -> None:
     items = [labels.prepare(raw) for raw in fixture_mail("train", "spam")[:3]]
     with Session(engine) as s, s.begin():

@@ -6,7 +6,6 @@ stripped bytes are what is stored (zlib-compressed), so `sha256(raw)` always mat
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,12 +15,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from spamd.db.schema import LabelledMessage
-from spamd.mail.headers import fingerprint, split_header_block, strip_spam_headers
+from spamd.mail.headers import SPAM_ID, as_scored, fingerprint, split_header_block
 from spamd.mail.parse import parse
 
 LABELS = ("spam", "ham")
 SOURCES = ("cli", "pipe", "http")
-_SPAM_ID = re.compile(rb"^x-spam-id:[ \t]*([0-9a-f]{20})\b", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,13 @@ class Labelling:
 
 def prepare(raw: bytes) -> Incoming:
     """Key and describe a raw message (pure, never raises)."""
-    m = _SPAM_ID.search(split_header_block(raw)[0])
-    stripped = strip_spam_headers(raw)
+    m = SPAM_ID.search(split_header_block(raw)[0])
+    # What spamd scored, from a delivered copy: copies in several mailboxes are one message, and
+    # the retrain learns what spamd sees live, not what each mailbox's delivery added on top.
+    stripped = as_scored(raw)
     mail = parse(stripped)
     return Incoming(
-        sha256=fingerprint(raw),
+        sha256=fingerprint(stripped),
         raw=stripped,
         message_id=clean_text(mail.message_id),
         subject=clean_text(mail.subject),

@@ -10,6 +10,7 @@ import hashlib
 import re
 
 _SPAM_HEADER = re.compile(rb"x-spam-", re.IGNORECASE)
+SPAM_ID = re.compile(rb"^x-spam-id:[ \t]*([0-9a-f]{20})\b", re.IGNORECASE | re.MULTILINE)  # spamd's score-log id
 
 
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
@@ -43,6 +44,24 @@ def strip_spam_headers(raw: bytes) -> bytes:
         return raw
     kept = [f for f in header_fields(block) if not _SPAM_HEADER.match(f)]
     return b"".join(kept) + rest
+
+
+def as_scored(raw: bytes) -> bytes:
+    """A delivered copy back to the bytes spamd scored: the fields that later hops wrote above
+    spamd's block (Return-Path, Delivered-To, the reinjection's Received...) go with the block.
+    spamd's block is the topmost X-Spam-* run, when it holds an X-Spam-Id (spamd removes every
+    X-Spam-* field it receives before adding its own, so no sender's can sit above it). A message
+    without one has its X-Spam-* fields removed and nothing else."""
+    block, rest = split_header_block(raw)
+    fields = header_fields(block)
+    first = next((i for i, f in enumerate(fields) if _SPAM_HEADER.match(f)), None)
+    if first is None:
+        return raw
+    run = fields[first:]
+    end = next((i for i, f in enumerate(run) if not _SPAM_HEADER.match(f)), len(run))
+    if not any(SPAM_ID.match(f) for f in run[:end]):
+        return strip_spam_headers(raw)
+    return strip_spam_headers(b"".join(run[end:]) + rest)
 
 
 def fingerprint(raw: bytes) -> str:

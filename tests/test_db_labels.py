@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from spamd.db import labels
 from spamd.db.labels import Labelling
+from spamd.features import TokenizerConfig
+from spamd.retrain.data import sample_of
 from tests.fixtures_models import fixture_mail
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -47,6 +49,10 @@ def test_a_delivered_copy_is_learnt_as_spamd_scored_it() -> None:
     # without spamd's block (no X-Spam-Id) nothing but X-Spam-* fields is taken away
     forged = b"Delivered-To: bob@example.net\nX-Spam-Flag: NO\n" + raw
     assert labels.prepare(forged).raw == b"Delivered-To: bob@example.net\n" + raw
+    # `spamd train` and the starter corpus read files the same way, keyed as labels are
+    tok = TokenizerConfig()
+    assert sample_of(copies[0], 1, tok) == sample_of(raw, 1, tok)
+    assert sample_of(copies[1], 1, tok).key == bob.sha256
 
 
 def test_add_then_same_label_is_unchanged_then_other_label_relabels(engine: Engine) -> None:

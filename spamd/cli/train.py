@@ -11,9 +11,8 @@ from spamd import modelstore
 from spamd.cli import config_option, get_config
 from spamd.cli.common import Bar, expand_paths
 from spamd.corpus import read_messages
-from spamd.features import TokenizerConfig, token_ids
-from spamd.mail.headers import fingerprint
-from spamd.mail.parse import parse
+from spamd.features import TokenizerConfig
+from spamd.retrain.data import sample_of
 from spamd.scorer import ScoringPolicy
 from spamd.train import Sample, TrainConfig, train
 
@@ -66,7 +65,7 @@ def read_samples(paths: list[str], label: int, tok: TokenizerConfig) -> tuple[li
             click.echo(f"spamd: {item.source}: {item.error}", err=True)
             bad += 1
             continue
-        samples.append(Sample(token_ids(parse(item.raw), tok), label, fingerprint(item.raw)))
+        samples.append(sample_of(item.raw, label, tok))
     return samples, bad
 
 

@@ -12,7 +12,7 @@ from spamd.corpus import read_messages
 from spamd.db.labels import iter_labelled
 from spamd.errors import TrainingError
 from spamd.features import TokenizerConfig, token_ids
-from spamd.mail.headers import fingerprint
+from spamd.mail.headers import as_scored, fingerprint
 from spamd.mail.parse import parse
 from spamd.train import Sample
 
@@ -37,8 +37,14 @@ def starter(path: Path, tok: TokenizerConfig) -> list[Sample]:
 
 
 def _read(paths: list[str], label: int, tok: TokenizerConfig) -> list[Sample]:
-    return [Sample(token_ids(parse(item.raw), tok), label, fingerprint(item.raw))
-            for item in read_messages(paths) if item.raw is not None]
+    return [sample_of(item.raw, label, tok) for item in read_messages(paths) if item.raw is not None]
+
+
+def sample_of(raw: bytes, label: int, tok: TokenizerConfig) -> Sample:
+    """A message read from a file as training reads it: as spamd scored it, when it is a delivered
+    copy of spamd's (`as_scored`, as labelling keeps it), keyed by the sha256 of those bytes."""
+    scored = as_scored(raw)
+    return Sample(token_ids(parse(scored), tok), label, fingerprint(scored))
 
 
 def merge(starter_samples: Sequence[Sample], site: Sequence[Sample]) -> list[Sample]:

@@ -328,9 +328,9 @@ def _ipv6() -> bool:
     pytest.param("[::]", "127.0.0.1", marks=pytest.mark.skipif(not _ipv6(), reason="no IPv6 here")),  # dual stack
 ])
 def test_delivery_to_spamds_own_listener_stops_it_at_start(listen: str, host: str, tmp_path: Path, proxy):
-    # A url one port off the reinjection port that lands on spamd itself would send every message
-    # round through spamd until the connections ran out: refused at start, as Postfix refuses mail
-    # that "loops back to myself".
+    # A url one port off the reinjection port that lands on spamd itself would make each MAIL open
+    # a transaction with spamd itself, and so on until the pool ran out, the sender's MAIL left
+    # unanswered: refused at start, as Postfix refuses mail that "loops back to myself".
     port = _free_port()
     cfg = proxy_config(tmp_path / "no-models", f"smtp://{host}:{port}", tmp_path, enabled=False)
     cfg = replace(cfg, smtp=replace(cfg.smtp, listen=f"{listen}:{port}"))

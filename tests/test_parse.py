@@ -98,6 +98,20 @@ def test_token_ids_are_stable_and_bounded() -> None:
     assert len(token_ids(parse(long_plain), TokenizerConfig(max_tokens=300))) == 300
 
 
+def test_a_message_reads_the_same_with_crlf_as_with_lf() -> None:
+    # Live mail comes by SMTP with CRLF; a corpus, a Maildir and the mailboxes users label from keep
+    # LF. The models must read both alike. This one is 4,032 bytes with LF and 4,135 with CRLF:
+    # each side of 4,096, so its size token would differ if the CRs were counted.
+    sized = b"From: a@example.org\nSubject: s\n\n" + (b"w" * 39 + b"\n") * 100
+    # 2,100 lines of 32 characters, a link in each: a part's text is cut at 64 Ki characters, which
+    # with LF is 2,048 lines and links, and would be 1,985 if the cut counted the CRs.
+    linked = b"Subject: links\n\n" + b"go http://a.example/0123456789a\n" * 2100
+    fixtures = sorted((DATA / "train").rglob("*.eml"))
+    assert fixtures and parse(linked).links == 2048
+    for raw in [sized, linked] + [p.read_bytes().replace(b"\r\n", b"\n") for p in fixtures]:
+        assert tokens(parse(raw.replace(b"\n", b"\r\n")), TokenizerConfig()) == tokens(parse(raw), TokenizerConfig())
+
+
 def test_header_tokens_are_tagged_capped_and_shaped() -> None:
     hosts = " ".join(f"from h{i}.relay.example by x{i}" for i in range(12))
     raw = (b"Received: " + hosts.encode() + b"\r\n"

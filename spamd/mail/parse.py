@@ -63,7 +63,10 @@ class ParsedMail:
 def parse(raw: bytes) -> ParsedMail:
     """Parse raw message bytes leniently; never raises on any input."""
     raw = strip_spam_headers(raw)
-    size = len(raw)
+    # Counted with one byte per line ending: mail arrives by SMTP with CRLF and is kept on disk
+    # (a Maildir, a corpus, the mailboxes users label from) with LF, and the size a model reads
+    # must be the same for both, or live mail scores against sizes it never trained on.
+    size = len(raw) - raw.count(b"\r\n")
     msg = _message(raw[:MAX_PARSE_BYTES])
     headers = tuple((str(k), _decode_header(v)) for k, v in msg.items())
     texts: list[str] = []
@@ -180,7 +183,8 @@ def _decode_payload(part: Message, charset: str) -> str:
         return ""
     if not isinstance(payload, bytes):
         return ""
-    return _to_text(payload[: MAX_PART_CHARS * 2], charset)[:MAX_PART_CHARS]
+    # LF line endings before the cut, so that it falls at the same text in a copy with CRLF.
+    return _to_text(payload.replace(b"\r\n", b"\n")[: MAX_PART_CHARS * 2], charset)[:MAX_PART_CHARS]
 
 
 def _to_text(data: bytes, charset: str | None) -> str:

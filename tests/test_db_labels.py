@@ -55,6 +55,19 @@ def test_a_delivered_copy_is_learnt_as_spamd_scored_it() -> None:
     assert sample_of(copies[1], 1, tok).key == bob.sha256
 
 
+def test_copies_with_crlf_and_with_lf_are_one_message_kept_with_lf() -> None:
+    # A copy kept with the wire's CRLF (a client piping it, a Maildir written before spamd wrote LF)
+    # and one kept with LF are one labelled message, so a retrain's holdout cannot hold one and
+    # train on the other.
+    unix = tagged(fixture_mail("train", "spam")[1]).replace(b"\r\n", b"\n")
+    wire = unix.replace(b"\n", b"\r\n")
+    a, b = labels.prepare(unix), labels.prepare(wire)
+    assert a.sha256 == b.sha256 == hashlib.sha256(b.raw).hexdigest() and b.raw == a.raw
+    assert b"\r\n" not in b.raw and b.score_log_id == SPAM_ID
+    tok = TokenizerConfig()
+    assert sample_of(wire, 1, tok) == sample_of(unix, 1, tok) and sample_of(wire, 1, tok).key == a.sha256
+
+
 def test_add_then_same_label_is_unchanged_then_other_label_relabels(engine: Engine) -> None:
     items = [labels.prepare(raw) for raw in fixture_mail("train", "spam")[:3]]
     with Session(engine) as s, s.begin():

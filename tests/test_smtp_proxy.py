@@ -23,6 +23,16 @@ def crlf(raw: bytes) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", raw)
 
 
+def lf(raw: bytes) -> bytes:
+    """A message as a delivery agent keeps it on disk (the Maildir), each line ending in LF."""
+    return raw.replace(b"\r\n", b"\n")
+
+
+def _in_maildir(box: Path) -> list[bytes]:
+    """The messages in the Maildir `box` as spamd passed them on, after the headers it added."""
+    return sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\n", 1)[1] for f in (box / "new").iterdir())
+
+
 def _headers(content: bytes) -> dict[str, str]:
     msg = message_from_bytes(content)
     return {k: str(v) for k, v in msg.items() if k.lower().startswith("x-spam-")}
@@ -114,26 +124,26 @@ def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_
     files = sorted((box / "new").iterdir())
     assert len(files) == 3 and list((box / "tmp").iterdir()) == []
     contents = [f.read_bytes() for f in files]
-    assert sorted(re.search(rb"X-Spam-Id: (\w+)\r\n", c).group(1).decode() for c in contents) == sorted(
+    assert sorted(re.search(rb"X-Spam-Id: (\w+)\n", c).group(1).decode() for c in contents) == sorted(
         r.id for r in p.sink.rows)
-    assert sorted(c.split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for c in contents) == sorted(raws)
-    # the envelope on top, as a delivery agent writes it
-    assert all(c.startswith(b"Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.net\r\nX-Spam-")
-               for c in contents)
+    assert _in_maildir(box) == sorted(lf(raw) for raw in raws)
+    # the envelope on top, and LF line endings, as a delivery agent writes them
+    assert all(c.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nX-Spam-")
+               and b"\r" not in c for c in contents)
 
 
 def test_maildir_delivery_writes_the_envelope_on_top(tmp_path: Path, proxy):
-    # Return-Path is the envelope sender (<> for a bounce), and each recipient gets a Delivered-To,
-    # in the message's own line ending; what follows is the message as spamd passes it on.
+    # Return-Path is the envelope sender (<> for a bounce), and each recipient gets a Delivered-To;
+    # what follows is the message as spamd passes it on, with LF line endings.
     p = proxy(proxy_config(tmp_path / "no-models", "maildir:Maildir", tmp_path, enabled=False), models=False)
     raw = fixture_mail("starter", "ham")[0].replace(b"\r\n", b"\n")
     assert send(p.port, crlf(raw), sender="", rcpts=("bob@example.net", "carol@example.net")) == {}
     send(p.port, crlf(raw), sender="alice@example.org")
     got = sorted(f.read_bytes() for f in (tmp_path / "Maildir" / "new").iterdir())
-    assert sorted(c.split(b"\r\n", 3)[:3] for c in got) == [
+    assert sorted(c.split(b"\n", 3)[:3] for c in got) == [
         [b"Return-Path: <>", b"Delivered-To: bob@example.net", b"Delivered-To: carol@example.net"],
         [b"Return-Path: <alice@example.org>", b"Delivered-To: bob@example.net", b"X-Spam-Status: Unknown"]]
-    assert all(c.endswith(crlf(raw)) for c in got)
+    assert all(c.endswith(raw) for c in got)
 
 
 def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_trained: TrainedTiny,
@@ -153,8 +163,7 @@ def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_
     (box / "new").unlink()
     (box / "new.aside").rename(box / "new")
     assert send(p.port, second) == {}  # the sender's retry
-    assert sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for f in (box / "new").iterdir()) \
-        == sorted([first, second])
+    assert _in_maildir(box) == sorted([lf(first), lf(second)])
     assert list((box / "tmp").iterdir()) == []
     # Each attempt is logged; the refused one says so.
     assert [r.action.endswith(", delivery 451") for r in p.sink.rows] == [False, True, False]
@@ -170,8 +179,7 @@ def test_a_maildir_removed_while_spamd_runs_is_made_again(removed: str, tiny_tra
     shutil.rmtree(tmp_path / removed)
     assert send(p.port, second) == {}  # not 451 until spamd restarts
     kept = [first, second] if removed == "Maildir/tmp" else [second]  # the first went with new/
-    assert sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\r\n", 1)[1] for f in (box / "new").iterdir()) \
-        == sorted(kept)
+    assert _in_maildir(box) == sorted(lf(raw) for raw in kept)
     assert list((box / "tmp").iterdir()) == []
 
 

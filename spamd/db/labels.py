@@ -1,7 +1,9 @@
 """Repository of labelled mail: add or relabel, forget, count, and read back for training.
 
-A message is keyed by the sha256 of its bytes with every X-Spam-* header removed; those
-stripped bytes are what is stored (zlib-compressed), so `sha256(raw)` always matches the key.
+A message is keyed by the sha256 of its bytes as spamd learns from them (`as_learned`: as spamd
+scored them, every X-Spam-* header removed along with what a delivery wrote above spamd's, and with
+LF line endings, so that a copy kept with CRLF and one with LF are one message); those bytes are
+what is stored (zlib-compressed), so `sha256(raw)` always matches the key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from spamd.db.schema import LabelledMessage
-from spamd.mail.headers import SPAM_ID, as_scored, fingerprint, split_header_block
+from spamd.mail.headers import SPAM_ID, as_learned, fingerprint, split_header_block
 from spamd.mail.parse import parse
 
 LABELS = ("spam", "ham")
@@ -27,7 +29,7 @@ class Incoming:
     """A message ready to be labelled: its key, its stored bytes, and what `spamd labels` shows."""
 
     sha256: str
-    raw: bytes  # X-Spam-* headers removed, uncompressed
+    raw: bytes  # `as_learned`, uncompressed
     message_id: str
     subject: str
     score_log_id: str | None  # the X-Spam-Id spamd gave it, tying the label to its verdict
@@ -46,9 +48,10 @@ class Labelling:
 def prepare(raw: bytes) -> Incoming:
     """Key and describe a raw message (pure, never raises)."""
     m = SPAM_ID.search(split_header_block(raw)[0])
-    # What spamd scored, from a delivered copy: copies in several mailboxes are one message, and
-    # the retrain learns what spamd sees live, not what each mailbox's delivery added on top.
-    stripped = as_scored(raw)
+    # What spamd scored, from a delivered copy: copies in several mailboxes, whatever their line
+    # endings, are one message, and the retrain learns what spamd sees live, not what each
+    # mailbox's delivery added on top.
+    stripped = as_learned(raw)
     mail = parse(stripped)
     return Incoming(
         sha256=fingerprint(stripped),

@@ -69,6 +69,19 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(strip_spam_headers(raw)).hexdigest()
 
 
+def with_lf(raw: bytes) -> bytes:
+    """The message with each CRLF line ending made LF, as Unix keeps mail on disk (a Maildir, an
+    mbox): what Postfix's local(8) and Dovecot's LDA write, and what the mailboxes users label from
+    hold. The models read both alike (`parse`), so a copy with either is one message to learn."""
+    return raw.replace(b"\r\n", b"\n")
+
+
+def as_learned(raw: bytes) -> bytes:
+    """A message as spamd keeps it to learn from (labels, training files): as it scored it
+    (`as_scored`), with LF line endings (`with_lf`). Every copy of one message gives these bytes."""
+    return with_lf(as_scored(raw))
+
+
 def prepend_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     """Put header fields in front of the original bytes, using the message's own line ending."""
     block, _ = split_header_block(raw)

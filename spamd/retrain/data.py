@@ -12,7 +12,7 @@ from spamd.corpus import read_messages
 from spamd.db.labels import iter_labelled
 from spamd.errors import TrainingError
 from spamd.features import TokenizerConfig, token_ids
-from spamd.mail.headers import as_scored, fingerprint
+from spamd.mail.headers import as_learned, fingerprint
 from spamd.mail.parse import parse
 from spamd.train import Sample
 
@@ -41,9 +41,10 @@ def _read(paths: list[str], label: int, tok: TokenizerConfig) -> list[Sample]:
 
 
 def sample_of(raw: bytes, label: int, tok: TokenizerConfig) -> Sample:
-    """A message read from a file as training reads it: as spamd scored it, when it is a delivered
-    copy of spamd's (`as_scored`, as labelling keeps it), keyed by the sha256 of those bytes."""
-    scored = as_scored(raw)
+    """A message read from a file as training reads it, as labelling keeps it (`as_learned`: as
+    spamd scored it, when it is a delivered copy of spamd's, with LF line endings), keyed by the
+    sha256 of those bytes."""
+    scored = as_learned(raw)
     return Sample(token_ids(parse(scored), tok), label, fingerprint(scored))
 
 

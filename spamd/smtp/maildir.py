@@ -2,7 +2,9 @@
 
 The Maildir is the final delivery, so the envelope goes on top of the message as a delivery agent
 writes it (Postfix's local(8), Dovecot's LDA): `Return-Path: <sender>` (RFC 5321 4.4) and a
-`Delivered-To:` for each recipient. It is one catch-all mailbox: one copy for all recipients.
+`Delivered-To:` for each recipient. Lines end in LF, as a delivery agent stores mail on a Unix
+disk (the SMTP wire's CRLF is its transport form). It is one catch-all mailbox: one copy for all
+recipients.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from spamd.durable import fsync_path
-from spamd.mail.headers import prepend_headers
+from spamd.mail.headers import prepend_headers, with_lf
 from spamd.smtp import replies
 from spamd.smtp.forward import Reply, Transaction
 
@@ -79,7 +81,7 @@ class MaildirTransaction:
 
     async def send(self, message: bytes) -> Reply:
         envelope = [("Return-Path", f"<{self.sender}>"), *(("Delivered-To", r) for r in self.recipients)]
-        message = prepend_headers(message, envelope)
+        message = with_lf(prepend_headers(message, envelope))
         try:
             name = await asyncio.to_thread(deliver, self.root, message)
         except OSError as exc:

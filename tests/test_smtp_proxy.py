@@ -213,6 +213,31 @@ def test_a_bounce_with_the_null_sender_is_passed_on_with_it(tiny_trained: Traine
     assert [row.sender for row in p.sink.rows] == ["<>", "<>"]  # as Postfix logs it: from=<>
 
 
+@pytest.mark.parametrize("delivery", ["smtp", "maildir"])
+def test_a_null_recipient_or_control_characters_in_an_address_are_refused_by_spamd(delivery: str, tmp_path: Path,
+                                                                                  capture, proxy):
+    # Postfix's smtpd answers these 501 (RCPT TO:<> has no mailbox to deliver to). spamd used to take
+    # them: with maildir delivery a message was delivered with "Delivered-To: <>", or with a NUL in it.
+    down = capture()
+    url = down.url if delivery == "smtp" else "maildir:Maildir"
+    p = proxy(proxy_config(tmp_path / "no-models", url, tmp_path, enabled=False), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port) as client:
+        client.ehlo()
+        assert client.docmd("MAIL FROM:<a\x01@example.org>") == (501, b"5.1.7 Bad sender address syntax")
+        assert client.docmd("MAIL FROM:<alice@example.org>")[0] == 250
+        for bad in ("<>", "<bob\x00@example.net>", "<bob@exam\x7fple.net>", "<bob\x1b@example.net>"):
+            assert client.docmd(f"RCPT TO:{bad}") == (501, b"5.1.3 Bad recipient address syntax"), bad
+        assert client.docmd("RCPT TO:<bob@example.net>")[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        client.send(b"Subject: one recipient\r\n\r\nhello\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    if delivery == "smtp":
+        assert [(m.mail_from, m.rcpt_tos) for m in down.wait_for(1)] == [("alice@example.org", ("bob@example.net",))]
+    else:
+        [copy] = [f.read_bytes() for f in (tmp_path / "Maildir" / "new").iterdir()]
+        assert copy.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nX-Spam-")
+
+
 UTF8_MAIL = ("Subject: Grüße aus Köln\r\nFrom: Jörg <jörg@exämple.org>\r\nMessage-ID: <u1@example.org>\r\n"
              "Content-Type: text/plain; charset=utf-8\r\n\r\nBis morgen, schöne Grüße.\r\n").encode()
 # UTF-8 in the body only: 8BITMIME carries it, SMTPUTF8 is not needed.

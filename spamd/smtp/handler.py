@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from spamd.smtp.forward import Downstream, Reply, Transaction
 
 log = logging.getLogger("spamd.smtp")
 score_log = logging.getLogger("spamd.score")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in an address: refused (replies.BAD_SENDER, BAD_RECIPIENT)
 
 
 class ProxyHandler:
@@ -73,6 +75,8 @@ class ProxyHandler:
                           mail_options: list[str]) -> str:
         if self.draining:
             return replies.SHUTTING_DOWN
+        if _CONTROL.search(address):
+            return replies.BAD_SENDER
         await self._abort(session)  # HELO in mid-transaction resets the envelope without RSET (EHLO: handle_EHLO)
         options = mail_options + getattr(server, "dsn_mail", [])  # DSN's as written (SpamdSMTP.smtp_MAIL)
         # The null sender of bounces and notices (MAIL FROM:<>) reaches a handler as "<>", and stays
@@ -92,6 +96,8 @@ class ProxyHandler:
         txn = self._open.get(session)
         if txn is None:
             return replies.DOWNSTREAM_UNAVAILABLE
+        if address in ("<>", "") or _CONTROL.search(address):
+            return replies.BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         reply = await txn.add_recipient(address, rcpt_options + getattr(server, "dsn_rcpt", []))

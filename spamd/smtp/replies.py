@@ -37,6 +37,12 @@ DOWNSTREAM_NO_SMTPUTF8_HEADERS = "550 5.6.9 UTF-8 headers, and the downstream ma
 # Scoring failed and [scoring] on_failure = "tempfail".
 SCORING_TEMPFAIL = "451 4.3.0 Spam filter unavailable, try again later"
 
+# An address with control characters in it (aiosmtpd already refuses a CR), or the null address as a
+# recipient (RCPT TO:<>): Postfix's smtpd answers both so. Refused by spamd itself, so that nothing of
+# the kind reaches a downstream or a Maildir's Return-Path and Delivered-To.
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+
 # The score reached [scoring] reject_threshold.
 REJECTED_SPAM = "550 5.7.1 Message refused as spam"
 

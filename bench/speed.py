@@ -137,8 +137,9 @@ def _repeat(fn: Callable[..., object], *args: object, times: int) -> None:
 def idle_gaps(scorer: Scorer, raws: list[bytes], gap_ms: float = 8.0, rounds: int = 2) -> dict[str, float]:
     """`Scorer.read`'s CPU time per message (this thread's), one message at a time, back to back
     and with the thread asleep `gap_ms` before each, in turn. A daemon below its peak sleeps
-    between messages, and on the README's box a read right after a sleep costs more (why is not
-    measured there: that VM has no performance counters)."""
+    between messages, and on the box of bench/README.md's "Why a message costs more in the daemon
+    than in process" a read right after a sleep costs more (why is not measured there: that VM has
+    no performance counters)."""
     out: dict[str, list[float]] = {"back to back": [], f"after {gap_ms:g} ms asleep": []}
     for _ in range(rounds):
         for label, gap in zip(out, (0.0, gap_ms / 1000), strict=True):

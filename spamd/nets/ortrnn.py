@@ -3,7 +3,7 @@ recurrence several times cheaper on a CPU.
 
 A GRU step at the scorer's batch sizes is a tiny product and a few gates. torch runs each step as
 a dozen operator calls, about 12 µs a step on the README's box, nearly all of it call overhead;
-onnxruntime's GRU kernel runs a whole sequence in one call, about 1.5 µs a step (README, "The
+onnxruntime's GRU kernel runs a whole sequence in one call, about 1.5 µs a step (bench/README.md, "The
 RNN's GRU in onnxruntime"). Only the recurrence moves: the embedding, the strided fold before it and the pooling
 after it stay TextRNN's own torch code. The ONNX graph is one GRU node built from the torch
 weights when the model is loaded (nothing is stored, nothing is exported at training time), with

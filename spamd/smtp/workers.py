@@ -9,7 +9,7 @@ With `[smtp] pin_workers` (the default) worker i is bound to the i-th CPU the da
 (round robin), as nginx's `worker_cpu_affinity auto` binds its workers. A worker's threads
 hand the GIL to each other thousands of times a second; bound to one CPU, the thread that
 takes it over runs where the other one left the caches warm, instead of being woken on the
-other CPU. More messages a second and a lower p99 with it (README: A/B runs by hand with
+other CPU. More messages a second and a lower p99 with it (bench/README.md: A/B runs by hand with
 `bench/load`'s clients and sink).
 """
 

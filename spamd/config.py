@@ -91,6 +91,7 @@ class TrainingConfig:
     holdout_fraction: float = 0.2
     gate_auc_tolerance: float = 0.002
     gate_fpr_tolerance: float = 0.0
+    gate_min_holdout: int = 10  # fewest spam, and fewest ham, in the holdout for the gate to judge
     poll_interval: float = 10.0
     lock_stale_after: float = 3600.0
     nice: int = 10

@@ -15,9 +15,10 @@ from spamd.config import Config, DatabaseConfig, ScoringConfig, TrainingConfig
 from spamd.db.engine import make_engine
 from spamd.db.labels import Labelling, apply_labels, prepare
 
-# Quick settings: the tiny fixture models retrain in seconds, one thread, full priority.
+# Quick settings: the tiny fixture models retrain in seconds, one thread, full priority; the gate
+# judges the fixtures' small holdouts (a few of each class).
 QUICK = TrainingConfig(epochs=3, threads=1, nice=0, mix_starter=False, holdout_fraction=0.25, poll_interval=0.3,
-                       in_serve=False)
+                       in_serve=False, gate_min_holdout=1)
 
 
 def retrain_config(db_url: str, models_dir: Path, base_dir: Path, **training: Any) -> Config:

@@ -22,7 +22,7 @@ from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.labels import prepare
 from spamd.db.schema import ModelFile, TrainingRun
-from spamd.retrain import holdout, job, lock
+from spamd.retrain import gate, holdout, job, lock
 from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.fixtures_retrain import label
 from tests.test_prune import R1, R2, A, B, C, D, S, build, on_disk, statuses
@@ -112,6 +112,25 @@ def test_the_job_prunes_after_a_failed_run_too_unless_told_to_keep_all(retrain_c
     assert out.outcome == "failed" and out.pruned == (R1, R2, A)
     assert on_disk(models_dir) == [S, B, C, D]
     engine.dispose()
+
+
+def test_the_gate_judges_only_a_holdout_with_enough_of_each_class() -> None:
+    good = {"auc": 1.0, "fpr": 0.0}
+    assert gate.judge({**good, "n": 20, "spam": 10}, good, 0.0, 0.0, min_per_class=10).promote
+    for spam in (9, 11):  # one class short of ten
+        refused = gate.judge({**good, "n": 20, "spam": spam}, good, 0.0, 0.0, min_per_class=10)
+        assert not refused.promote and "too few to judge" in refused.reasons[0]
+    assert not gate.judge({**good, "n": 5, "spam": 0}, None, 0.0, 0.0, min_per_class=0).promote  # never no spam
+
+
+def test_a_holdout_too_small_for_the_gate_promotes_nothing(retrain_cfg: Callable[..., Config],
+                                                           models_dir: Path) -> None:
+    before = modelstore.active_version(models_dir)
+    label_fixture_mail(retrain_cfg().database_url)
+    out = job.run(retrain_cfg(gate_min_holdout=1_000))
+    assert out.outcome == "rejected", out
+    assert "too few to judge" in out.metrics["gate"]["reasons"][0]
+    assert active(retrain_cfg().database_url) == before and modelstore.active_version(models_dir) == before
 
 
 def test_a_candidate_trained_on_flipped_labels_is_rejected(retrain_cfg: Callable[..., Config],

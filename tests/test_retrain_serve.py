@@ -55,6 +55,7 @@ mix_starter = false
 holdout_fraction = 0.25
 gate_auc_tolerance = 0.05
 gate_fpr_tolerance = 0.1
+gate_min_holdout = 1
 poll_interval = 0.3
 in_serve = false
 """)

@@ -20,15 +20,18 @@ class Decision:
 
 
 def judge(candidate: dict[str, Any], active: dict[str, Any] | None, auc_tolerance: float,
-          fpr_tolerance: float) -> Decision:
+          fpr_tolerance: float, min_per_class: int = 1) -> Decision:
     """Promote when AUC ≥ active − tolerance and ham misclassification ≤ active + tolerance.
 
     Both dicts are holdout reports (`n`, `spam`, `auc`, `fpr` at each one's working
-    threshold). A holdout without both spam and ham proves nothing: no promotion.
+    threshold). A holdout with fewer than `min_per_class` spam or ham messages (and never
+    fewer than one of each) proves nothing: no promotion.
     """
     n, spam = int(candidate.get("n", 0)), int(candidate.get("spam", 0))
-    if spam == 0 or spam == n or candidate.get("auc") is None or not math.isfinite(candidate["auc"]):
-        return Decision(False, [f"the holdout has {spam} spam and {n - spam} ham: too few to judge"])
+    least = max(1, min_per_class)
+    if min(spam, n - spam) < least or candidate.get("auc") is None or not math.isfinite(candidate["auc"]):
+        return Decision(False, [f"the holdout has {spam} spam and {n - spam} ham: too few to judge "
+                                f"(gate_min_holdout: {least} of each)"])
     if active is None:
         return Decision(True, ["no active version to compare with"])
     reasons = []

@@ -79,7 +79,7 @@ def _locked(cfg: Config, engine: Engine, held: lock.Held, progress: Progress | N
         _failed(engine, run_id, active, "interrupted", started)
         raise
     t = cfg.training
-    decision = gate.judge(cand.candidate, cand.active, t.gate_auc_tolerance, t.gate_fpr_tolerance)
+    decision = gate.judge(cand.candidate, cand.active, t.gate_auc_tolerance, t.gate_fpr_tolerance, t.gate_min_holdout)
     return _record(cfg, engine, run_id, active, cand, decision, started)
 
 

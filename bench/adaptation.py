@@ -5,8 +5,9 @@ next to bogofilter trained on the same K labels and on the base rows + K, in the
     python -m bench.adaptation [--ks 50,200,1000,all] [--epochs 10] [--json bench/out/adaptation.json] [--as-stored]
 
 Older half: SPLIT train rows of easy_ham, hard_ham, spam. Newer half: easy_ham_2, spam_2.
-The retrain job runs as configured by default: warm start from the base version, the older
-half mixed in as the starter corpus, a 20% holdout of the K labels, the gate.
+The retrain job runs as configured by default (warm start from the base version, a 20% holdout of
+the K labels, the gate), with the older half as its starter corpus, mixed in (the shipped config
+names no starter corpus, so a site retrains on its own labels alone).
 
 The labels and the starter corpus are the files as stored, as a site's mailboxes hold its mail;
 the test rows are scored as received (`Row.as_received`: as spamd in front of the collecting

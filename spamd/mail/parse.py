@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 
-from spamd.mail.headers import header_fields, split_header_block, strip_spam_headers
+from spamd.mail.headers import header_fields, split_header_block, strip_spam_headers, with_lf
 from spamd.mail.html import html_links, html_to_text
 
 MAX_PARSE_BYTES = 512 * 1024
@@ -62,11 +62,11 @@ class ParsedMail:
 
 def parse(raw: bytes) -> ParsedMail:
     """Parse raw message bytes leniently; never raises on any input."""
-    raw = strip_spam_headers(raw)
-    # Counted with one byte per line ending: mail arrives by SMTP with CRLF and is kept on disk
-    # (a Maildir, a corpus, the mailboxes users label from) with LF, and the size a model reads
-    # must be the same for both, or live mail scores against sizes it never trained on.
-    size = len(raw) - raw.count(b"\r\n")
+    # Read with LF line endings: mail arrives by SMTP with CRLF and is kept on disk (a Maildir, a
+    # corpus, the mailboxes users label from) with LF, and a model must read both alike (the size
+    # marker, where the cuts fall), or live mail scores against what it never trained on.
+    raw = with_lf(strip_spam_headers(raw))
+    size = len(raw)
     msg = _message(raw[:MAX_PARSE_BYTES])
     headers = tuple((str(k), _decode_header(v)) for k, v in msg.items())
     texts: list[str] = []
@@ -183,8 +183,7 @@ def _decode_payload(part: Message, charset: str) -> str:
         return ""
     if not isinstance(payload, bytes):
         return ""
-    # LF line endings before the cut, so that it falls at the same text in a copy with CRLF.
-    return _to_text(payload.replace(b"\r\n", b"\n")[: MAX_PART_CHARS * 2], charset)[:MAX_PART_CHARS]
+    return _to_text(payload[: MAX_PART_CHARS * 2], charset)[:MAX_PART_CHARS]
 
 
 def _to_text(data: bytes, charset: str | None) -> str:

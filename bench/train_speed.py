@@ -21,13 +21,12 @@ from typing import Any
 import torch
 
 from spamd import metrics
-from spamd.features import TokenizerConfig, token_ids
-from spamd.mail.headers import fingerprint
-from spamd.mail.parse import parse
+from spamd.features import TokenizerConfig
 from spamd.modelstore import ModelSet, set_active
 from spamd.modelstore import save as save_models
 from spamd.nets.cnn import CNNConfig
 from spamd.nets.rnn import RNNConfig
+from spamd.retrain.data import sample_of
 from spamd.scorer import Scorer, ScoringPolicy
 from spamd.train import Sample, TrainConfig, train
 
@@ -39,8 +38,8 @@ def dump(path: Path, read_delivery_headers: bool = False) -> None:
     tok = TokenizerConfig(skip_delivery_headers=not read_delivery_headers)
     data: dict[str, list[dict[str, object]]] = {"train": [], "test": []}
     for r in rows():
-        raw = r.raw() if r.split == "train" else r.as_received()
-        data[r.split].append({"ids": token_ids(parse(raw), tok), "label": r.label, "key": fingerprint(raw)})
+        s = sample_of(r.raw() if r.split == "train" else r.as_received(), r.label, tok)
+        data[r.split].append({"ids": s.ids, "label": s.label, "key": s.key})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
     print(f"wrote {path}: {len(data['train'])} train, {len(data['test'])} test")

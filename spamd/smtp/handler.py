@@ -96,7 +96,7 @@ class ProxyHandler:
         txn = self._open.get(session)
         if txn is None:
             return replies.DOWNSTREAM_UNAVAILABLE
-        if address in ("<>", "") or _CONTROL.search(address):
+        if address == "<>" or _CONTROL.search(address):  # (aiosmtpd answers an empty one itself)
             return replies.BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS

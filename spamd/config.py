@@ -27,6 +27,7 @@ OnFailure = Literal["pass", "tempfail"]
 class SmtpConfig:
     listen: str = "127.0.0.1:10025"
     hostname: str = "spamd.localdomain"
+    received_header: bool = True  # a Received: trace line on each message (received_line in actions.py)
     max_message_size: int = 25 * 1024 * 1024
     max_connections: int = 500
     max_recipients: int = 1000

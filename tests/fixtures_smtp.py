@@ -11,6 +11,7 @@ message it keeps says whether its session was encrypted; `tls_ca` makes the cert
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import ssl
 import threading
@@ -30,6 +31,7 @@ from spamd.smtp import dsn
 from spamd.smtp.server import Daemon, load_models
 
 T = TypeVar("T")
+_RECEIVED = re.compile(rb"Received: from [^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n")
 
 
 class LoopThread:
@@ -277,6 +279,13 @@ def send(port: int, raw: bytes, sender: str = "alice@example.org",
     """Send one message with smtplib; returns the refused recipients (raises as smtplib does)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         return client.sendmail(sender, list(rcpts), raw)
+
+
+def past_received(content: bytes) -> bytes:
+    """A message as spamd passed it on, from below the Received line spamd puts on top (which it must have)."""
+    m = _RECEIVED.match(content)
+    assert m is not None and b" (spamd) with " in m.group(0), content[:300]
+    return content[m.end():]
 
 
 @pytest.fixture(scope="session")

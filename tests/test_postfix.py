@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from spamd.config import load_config
+from spamd.mail.headers import header_fields, split_header_block
 from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.postfix_instance import DEPLOY, MAILBOX, PostfixInstance, SpamdProcess, free_port, postfix_installed, snippet
 
@@ -151,6 +152,10 @@ def test_after_queue_delivers_with_spamd_headers(mail_system: Callable[..., Setu
         float(header(message, b"X-Spam-Score"))
         log_id = header(message, b"X-Spam-Id").decode()
         assert len(log_id) > 8
+        # The trace, newest first: the reinjection's smtpd, spamd's hop (with its id), the public smtpd.
+        trace = [f for f in header_fields(split_header_block(message)[0]) if f.startswith(b"Received:")]
+        assert [b"(Postfix)" in f for f in trace[:3]] == [True, False, True], trace
+        assert f" (spamd) with ESMTP id {log_id}".encode() in trace[1].replace(b"\n\t", b" "), trace
     assert postfix.queue() == []
     assert "relay=127.0.0.1[127.0.0.1]" in postfix.log()  # it really went through the spamd transport
     # XFORWARD: Postfix told spamd each message's original client and queue id, and spamd passed

@@ -6,16 +6,20 @@ import re
 import shutil
 import smtplib
 import socket
+import time
 from dataclasses import replace
 from email import message_from_bytes
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 
 from spamd.errors import ConfigError
+from spamd.mail.headers import as_learned
 from spamd.scorer import Scorer, ScoringPolicy
+from spamd.smtp.actions import received_line, with_protocol
 from tests.fixtures_models import DATA, TrainedTiny, fixture_mail
-from tests.fixtures_smtp import proxy_config, send
+from tests.fixtures_smtp import past_received, proxy_config, send
 
 
 def crlf(raw: bytes) -> bytes:
@@ -31,6 +35,11 @@ def lf(raw: bytes) -> bytes:
 def _in_maildir(box: Path) -> list[bytes]:
     """The messages in the Maildir `box` as spamd passed them on, after the headers it added."""
     return sorted(f.read_bytes().split(b"X-Spam-Id: ")[1].split(b"\n", 1)[1] for f in (box / "new").iterdir())
+
+
+def _below_envelope(content: bytes) -> bytes:
+    """A Maildir message without the envelope fields the delivery wrote on top."""
+    return re.sub(rb"\A(?:(?:Return-Path|Delivered-To): [^\n]*\n)+", b"", content)
 
 
 def _headers(content: bytes) -> dict[str, str]:
@@ -127,9 +136,9 @@ def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_
     assert sorted(re.search(rb"X-Spam-Id: (\w+)\n", c).group(1).decode() for c in contents) == sorted(
         r.id for r in p.sink.rows)
     assert _in_maildir(box) == sorted(lf(raw) for raw in raws)
-    # the envelope on top, and LF line endings, as a delivery agent writes them
-    assert all(c.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nX-Spam-")
-               and b"\r" not in c for c in contents)
+    # the envelope on top, then spamd's trace and verdict, and LF line endings, as a delivery agent writes them
+    assert all(c.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nReceived: from ")
+               and past_received(_below_envelope(c)).startswith(b"X-Spam-") and b"\r" not in c for c in contents)
 
 
 def test_maildir_delivery_writes_the_envelope_on_top(tmp_path: Path, proxy):
@@ -140,10 +149,61 @@ def test_maildir_delivery_writes_the_envelope_on_top(tmp_path: Path, proxy):
     assert send(p.port, crlf(raw), sender="", rcpts=("bob@example.net", "carol@example.net")) == {}
     send(p.port, crlf(raw), sender="alice@example.org")
     got = sorted(f.read_bytes() for f in (tmp_path / "Maildir" / "new").iterdir())
-    assert sorted(c.split(b"\n", 3)[:3] for c in got) == [
-        [b"Return-Path: <>", b"Delivered-To: bob@example.net", b"Delivered-To: carol@example.net"],
-        [b"Return-Path: <alice@example.org>", b"Delivered-To: bob@example.net", b"X-Spam-Status: Unknown"]]
+    tops = sorted(c.split(b"\n", 3)[:3] for c in got)
+    assert tops[0] == [b"Return-Path: <>", b"Delivered-To: bob@example.net", b"Delivered-To: carol@example.net"]
+    assert tops[1][:2] == [b"Return-Path: <alice@example.org>", b"Delivered-To: bob@example.net"]
+    assert all(past_received(_below_envelope(c)).startswith(b"X-Spam-Status: Unknown\n") for c in got)
     assert all(c.endswith(raw) for c in got)
+
+
+def test_each_message_gets_a_received_line_for_spamds_hop(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                          proxy):
+    # RFC 5321 4.4: an SMTP server that takes a message to pass on MUST put a trace field on top, as
+    # Postfix's smtpd and amavisd-new do. Postfix's layout: the client's HELO and address, this host,
+    # the protocol, the id of the message here (spamd's X-Spam-Id), the recipient when it is the only
+    # one, and the date.
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    raw = crlf(fixture_mail("train", "ham")[0])
+    with smtplib.SMTP("127.0.0.1", p.port, local_hostname="mta.example.org", timeout=30) as client:
+        client.sendmail("alice@example.org", ["bob@example.net"], raw)
+        client.sendmail("alice@example.org", ["bob@example.net", "carol@example.net"], raw)
+    with smtplib.SMTP("127.0.0.1", p.port, local_hostname="old\tmailer", timeout=30) as client:
+        client.helo()  # HELO, not EHLO: plain SMTP; the tab in its name is printed as Postfix does
+        client.sendmail("alice@example.org", ["bob@example.net"], raw)
+    one, two, old = down.wait_for(3)
+    trace = re.compile(rb"Received: from (\S+) \(\[127\.0\.0\.1\]\)\r\n\tby spamd\.localdomain \(spamd\) with (\w+)"
+                       rb" id (\w{20})(?:\r\n\tfor <([^>]+)>)?; ([^\r\n]+)\r\nX-Spam-Flag: ")
+    found = [trace.match(item.content) for item in (one, two, old)]
+    assert all(found), [item.content[:300] for item in (one, two, old)]
+    assert [m.group(1, 2, 4) for m in found] == [(b"mta.example.org", b"ESMTP", b"bob@example.net"),
+                                                 (b"mta.example.org", b"ESMTP", None),
+                                                 (b"old?mailer", b"SMTP", b"bob@example.net")]
+    assert [m.group(3).decode() for m in found] == [_headers(i.content)["X-Spam-Id"] for i in (one, two, old)]
+    for m in found:
+        assert abs(parsedate_to_datetime(m.group(5).decode()).timestamp() - time.time()) < 120
+    # The copy spamd learns from (a user labels the delivered message) is the message as it came.
+    assert as_learned(one.content) == lf(raw)
+
+
+@pytest.mark.parametrize("addr, literal", [("::1", "[IPv6:::1]"), ("192.0.2.7", "[192.0.2.7]"),
+                                           ("/run/spamd.sock", "[/run/spamd.sock]")])
+def test_the_received_line_writes_the_client_as_an_address_literal(addr: str, literal: str):
+    # RFC 5321's address literals: an IPv6 address is tagged "IPv6:", as Postfix writes it.
+    date = "Fri, 27 Nov 2026 10:00:00 +0000"
+    name, value = received_line("mta", addr, "spamd.example", "ESMTP", "a" * 20, [], date=date)
+    assert name == "Received"
+    assert value == f"from mta ({literal})\n\tby spamd.example (spamd) with ESMTP id {'a' * 20}; {date}"
+    assert with_protocol(True, True, False) == "ESMTPS" and with_protocol(True, True, True) == "UTF8SMTPS"
+
+
+def test_received_header_false_leaves_the_trace_to_the_mtas(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                             proxy):
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path)
+    p = proxy(replace(cfg, smtp=replace(cfg.smtp, received_header=False)))
+    send(p.port, crlf(fixture_mail("train", "ham")[0]))
+    assert down.wait_for(1)[0].content.startswith(b"X-Spam-Flag: ")
 
 
 def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_trained: TrainedTiny,
@@ -235,7 +295,8 @@ def test_a_null_recipient_or_control_characters_in_an_address_are_refused_by_spa
         assert [(m.mail_from, m.rcpt_tos) for m in down.wait_for(1)] == [("alice@example.org", ("bob@example.net",))]
     else:
         [copy] = [f.read_bytes() for f in (tmp_path / "Maildir" / "new").iterdir()]
-        assert copy.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nX-Spam-")
+        assert copy.startswith(b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.net\nReceived: ")
+        assert past_received(_below_envelope(copy)).startswith(b"X-Spam-")
 
 
 UTF8_MAIL = ("Subject: Grüße aus Köln\r\nFrom: Jörg <jörg@exämple.org>\r\nMessage-ID: <u1@example.org>\r\n"
@@ -261,6 +322,7 @@ def test_smtputf8_mail_is_scored_and_passed_on_with_its_utf8_envelope(tiny_train
     [item] = down.wait_for(1)
     assert (item.mail_from, item.rcpt_tos) == ("jörg@exämple.org", ("bob@example.net", "zoë@example.net"))
     assert "SMTPUTF8" in item.mail_options and item.content.endswith(UTF8_MAIL)
+    assert b" (spamd) with UTF8SMTP id " in item.content  # RFC 6531's name for the protocol
     [row] = p.sink.rows
     assert row.sender == "jörg@exämple.org" and row.verdict in ("ham", "spam")
 

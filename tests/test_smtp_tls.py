@@ -235,6 +235,7 @@ def test_an_mta_can_send_to_spamd_over_starttls(require: bool, tls_ca: trustme.C
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
     [item] = down.wait_for(1)
     assert item.content.endswith(HAM) and len(p.sink.rows) == 1
+    assert b" (spamd) with ESMTPS id " in item.content  # the Received line says the hop was encrypted (RFC 3848)
 
 
 def test_require_tls_refuses_mail_in_plain(tls_ca: trustme.CA, tmp_path: Path, capture, proxy):

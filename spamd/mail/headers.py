@@ -83,8 +83,10 @@ def as_learned(raw: bytes) -> bytes:
 
 
 def prepend_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
-    """Put header fields in front of the original bytes, using the message's own line ending."""
+    """Put header fields in front of the original bytes, using the message's own line ending (a value
+    folded over lines, with "\n" and a space or tab, gets it at each fold too)."""
     block, _ = split_header_block(raw)
     eol = b"\r\n" if b"\r\n" in block[:2000] else b"\n"
-    added = b"".join(f"{name}: {value}".encode("utf-8", "replace") + eol for name, value in headers)
+    added = b"".join(f"{name}: {value}".encode("utf-8", "replace").replace(b"\n", eol) + eol
+                     for name, value in headers)
     return added + raw

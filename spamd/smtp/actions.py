@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spamd.config import ScoringConfig
@@ -11,6 +14,7 @@ from spamd.mail.headers import prepend_headers, split_header_block
 from spamd.scorer import Verdict
 
 _SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")  # in a client's HELO name, as Postfix's smtpd prints it: "?"
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{0,500}>|[^\r\n]{0,500})", re.IGNORECASE | re.MULTILINE)
 
 
@@ -62,6 +66,29 @@ def verdict_headers(verdict: Verdict | None, log_id: str) -> list[tuple[str, str
         ("X-Spam-Status", status),
         ("X-Spam-Id", log_id),
     ]
+
+
+def received_line(helo: str, addr: str, by: str, protocol: str, log_id: str, recipients: Sequence[str],
+                  date: str | None = None) -> tuple[str, str]:
+    """The trace field spamd puts on top of a message it received (RFC 5321 4.4), after Postfix's
+    smtpd: the client's HELO name and address, this host, the protocol (RFC 3848, 6531), spamd's id
+    for the message (its X-Spam-Id), the recipient when there is only one, and the date."""
+    helo = _UNPRINTABLE.sub("?", helo[:255]) or "unknown"
+    try:
+        literal = f"IPv6:{addr}" if ipaddress.ip_address(addr).version == 6 else addr
+    except ValueError:
+        literal = _UNPRINTABLE.sub("?", addr[:64]) or "unknown"  # a Unix socket, say
+    value = f"from {helo} ([{literal}])\n\tby {by} (spamd) with {protocol} id {log_id}"
+    if len(recipients) == 1:
+        value += f"\n\tfor <{recipients[0]}>"
+    return "Received", f"{value}; {date or email.utils.formatdate(localtime=True)}"
+
+
+def with_protocol(extended: bool, tls: bool, smtputf8: bool) -> str:
+    """The Received line's "with": SMTP or ESMTP, UTF8SMTP for a transaction with SMTPUTF8, and an S
+    for one over TLS (the registered names of RFC 3848 and RFC 6531; spamd authenticates no one)."""
+    name = "UTF8SMTP" if smtputf8 else "ESMTP" if extended else "SMTP"
+    return name + "S" if tls else name
 
 
 def rewrite(raw: bytes, headers: list[tuple[str, str]], subject_tag: str = "") -> bytes:

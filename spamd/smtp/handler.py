@@ -24,7 +24,16 @@ from spamd.mail.headers import strip_spam_headers
 from spamd.scorelog import ScoreLogRow, ScoreLogSink, new_log_id
 from spamd.scorer import Verdict
 from spamd.smtp import replies, xforward
-from spamd.smtp.actions import Action, ActionPolicy, decide, message_id, rewrite, verdict_headers
+from spamd.smtp.actions import (
+    Action,
+    ActionPolicy,
+    decide,
+    message_id,
+    received_line,
+    rewrite,
+    verdict_headers,
+    with_protocol,
+)
 from spamd.smtp.batcher import Batcher
 from spamd.smtp.forward import Downstream, Reply, Transaction
 
@@ -36,11 +45,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in an address: refused (replies.BAD
 class ProxyHandler:
     def __init__(self, batcher: Batcher, downstream: Downstream, sink: ScoreLogSink, policy: ActionPolicy,
                  scoring_timeout: float, max_recipients: int,
-                 xforward_hosts: Sequence[xforward.Network] = ()) -> None:
+                 xforward_hosts: Sequence[xforward.Network] = (), received_by: str = "") -> None:
         self.batcher, self.downstream, self.sink = batcher, downstream, sink
         self.policy = policy  # replaced on reload
         self.scoring_timeout, self.max_recipients = scoring_timeout, max_recipients
         self.xforward_hosts = xforward_hosts
+        self.received_by = received_by  # this host's name in the Received line spamd adds; "": none added
         self.draining = False
         self._open: dict[Session, Transaction] = {}  # transactions between MAIL and the end of DATA
         self._forwarded: dict[Session, dict[str, str]] = {}  # XFORWARD attributes for the next transaction
@@ -120,7 +130,7 @@ class ProxyHandler:
             verdict, error = await self._score(raw, mid)
             action = decide(verdict, self.policy)
             log_id = new_log_id()
-            reply = await self._act(session, raw, verdict, action, log_id)
+            reply = await self._act(session, envelope, raw, verdict, action, log_id)
         finally:
             self._close(session)
         latency = (time.perf_counter() - started) * 1000
@@ -148,8 +158,8 @@ class ProxyHandler:
             score_log.error("%s scoring failed: %s", mid, exc)
             return None, str(exc)
 
-    async def _act(self, session: Session, raw: bytes, verdict: Verdict | None, action: Action,
-                   log_id: str) -> Reply:
+    async def _act(self, session: Session, envelope: Envelope, raw: bytes, verdict: Verdict | None,
+                   action: Action, log_id: str) -> Reply:
         txn = self._open.get(session)
         if txn is None:
             return Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
@@ -160,7 +170,12 @@ class ProxyHandler:
             await txn.abort()
             return Reply.parse(replies.SCORING_TEMPFAIL)
         tag = self.policy.subject_tag if action is Action.TAG else ""
-        return await txn.send(rewrite(raw, verdict_headers(verdict, log_id), tag))
+        headers = verdict_headers(verdict, log_id)
+        if self.received_by:  # on top, above the X-Spam-* block: the copy spamd learns from loses it (as_scored)
+            protocol = with_protocol(session.extended_smtp, session.ssl is not None, envelope.smtp_utf8)
+            headers.insert(0, received_line(session.host_name or "", _peer(session), self.received_by, protocol,
+                                            log_id, envelope.rcpt_tos))
+        return await txn.send(rewrite(raw, headers, tag))
 
     def _log(self, envelope: Envelope, client: xforward.LoggedClient, raw: bytes, mid: str, log_id: str,
              verdict: Verdict | None, action: Action, reply: Reply, error: str, latency: float) -> None:

@@ -157,7 +157,8 @@ class Daemon:
             raise
         batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
         handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
-                               cfg.scoring.timeout, smtp.max_recipients, xforward_hosts)
+                               cfg.scoring.timeout, smtp.max_recipients, xforward_hosts,
+                               smtp.hostname if smtp.received_header else "")
         conns = Connections(smtp.max_connections)
 
         def protocol() -> SpamdSMTP:

@@ -259,6 +259,42 @@ def test_an_idle_client_is_dropped_and_the_downstream_connection_it_held_is_free
     assert len(down.messages) == 1  # nothing of the idle client's went on
 
 
+@pytest.mark.parametrize("leaves", ["close", "shutdown"])
+def test_a_client_gone_while_its_message_is_scored_frees_the_downstream_connection(leaves: str, tmp_path: Path,
+                                                                                    capture, proxy):
+    # aiosmtpd cancels the DATA hook at the client's EOF (a close, or a half-close), before it calls
+    # session_closed. The transaction used to be forgotten without being dropped, its pool slot never
+    # freed: with pool_size 1 every later MAIL waited out the delivery timeout and got 451.
+    down = capture()
+    cfg = proxy_config(tmp_path / "no-models", down.url, tmp_path)
+    delivery = cfg.delivery.__class__(**{**cfg.delivery.__dict__, "pool_size": 1, "timeout": 3.0})
+    p = proxy(cfg.__class__(**{**cfg.__dict__, "delivery": delivery}), models=False)
+    p.run(lambda: setattr(p.daemon.batcher, "scorer", SlowScorer()))
+    sock = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    f = sock.makefile("rb")
+    assert _reply(f).startswith(b"220")
+    for command in (b"EHLO gone.example.org", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA"):
+        sock.sendall(command + b"\r\n")
+        assert _reply(f)[:1] in (b"2", b"3")
+    sock.sendall(HAM + b".\r\n")
+    time.sleep(0.3)  # being scored (SlowScorer takes a second)
+    if leaves == "close":
+        f.close()
+        sock.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)
+    time.sleep(1.2)
+    p.run(lambda: setattr(p.daemon.batcher, "scorer", None))  # no model: the next message passes as Unknown
+    started = time.monotonic()
+    assert send(p.port, HAM) == {}
+    assert time.monotonic() - started < 2.5  # not the delivery timeout's 3 s and a 451
+    [got] = down.wait_for(1)
+    assert got.mail_from == "alice@example.org"
+    time.sleep(0.3)
+    assert len(down.messages) == 1  # nothing of the gone client's went on
+    sock.close()
+
+
 def _reply(f: Any) -> bytes:
     """One SMTP reply, its last line (a multi-line reply's lines have a dash after the code)."""
     while (line := f.readline())[3:4] == b"-":

@@ -131,6 +131,14 @@ class ProxyHandler:
             action = decide(verdict, self.policy)
             log_id = new_log_id()
             reply = await self._act(session, envelope, raw, verdict, action, log_id)
+        except BaseException:
+            # The client went away while its message was scored or sent (aiosmtpd cancels this task
+            # at its EOF, before `session_closed`), or something failed: nothing was accepted, and
+            # the downstream transaction is dropped, its pooled connection's slot freed with it.
+            txn = self._open.get(session)
+            if txn is not None:
+                txn.discard()
+            raise
         finally:
             self._close(session)
         latency = (time.perf_counter() - started) * 1000

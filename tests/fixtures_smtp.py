@@ -28,6 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from spamd.config import Config, DatabaseConfig, DeliveryConfig, ScoringConfig, SmtpConfig
 from spamd.scorelog import ScoreLogRow
 from spamd.smtp import dsn
+from spamd.smtp.protocol import CommandLimits
 from spamd.smtp.server import Daemon, load_models
 
 T = TypeVar("T")
@@ -128,6 +129,7 @@ class _WideSMTP(SMTP):
         self.dsn_mail: list[str] = []
         self.dsn_rcpt: dict[str, tuple[str, ...]] = {}
         super().__init__(handler, **kwargs)
+        self.command_size_limits = CommandLimits()  # DSN's longer MAIL and RCPT lines, as Postfix takes them
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.dsn_mail, self.dsn_rcpt = [], {}

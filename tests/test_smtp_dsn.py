@@ -56,6 +56,7 @@ def test_a_downstream_without_dsn_gets_the_message_without_the_parameters(tmp_pa
     ("MAIL FROM:<alice@example.org> RET=FULL RET=HDRS", "501 5.5.4 RET given twice"),
     ("RCPT TO:<bob@example.net> NOTIFY=NEVER,SUCCESS", "501 5.5.4 NOTIFY takes"),
     ("RCPT TO:<bob@example.net> ORCPT=nosemicolon", "501 5.5.4 ORCPT takes"),
+    ("RCPT TO:<bob@example.net> ORCPT=rfc822;bob\tx@example.net", "501 5.5.4 ORCPT takes"),  # was a 500
 ])
 def test_malformed_dsn_parameters_get_501(command: str, reply_start: str, tmp_path: Path, capture, proxy):
     down = capture()
@@ -77,3 +78,29 @@ def test_help_still_knows_the_commands_spamd_overrides(tmp_path: Path, capture, 
         listed = client.docmd("HELP")[1].decode().split(":", 1)[1].split()
         assert {"MAIL", "RCPT", "DATA", "XFORWARD"} <= set(listed)
         assert client.docmd("HELP", "MAIL") == (250, b"Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+
+
+def test_long_dsn_parameters_fit_the_command_lines_dsn_allows(tmp_path: Path, capture, proxy):
+    # RFC 3461 4: DSN adds up to 100 characters to a MAIL line and 500 to a RCPT line. aiosmtpd held
+    # RCPT to RFC 5321's 512, so a long address with its ORCPT got "500 Command line too long", which
+    # bounces the recipient.
+    down = capture()
+    p = proxy(config(tmp_path, down.url), models=False)
+    address = "l" * 64 + "@" + ".".join(["d" * 40] * 4) + ".example"  # 240 characters, a valid address
+    envid = "Q" * 100
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        for _ in range(3):  # aiosmtpd added to its limits at each EHLO, for every session at once
+            client.ehlo("mta.example.org")
+        mail = f"MAIL FROM:<{address}> SIZE=999 RET=HDRS ENVID={envid} SMTPUTF8"
+        rcpt = f"RCPT TO:<{address}> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;{address}"
+        assert len(rcpt) > 512
+        assert client.docmd(mail)[0] == 250
+        assert client.docmd(rcpt)[0] == 250
+        assert client.docmd(rcpt + " " + "x" * 500)[0] == 500  # a limit still holds
+        assert client.docmd("DATA")[0] == 354
+        client.send(HAM + b".\r\n")
+        assert client.getreply()[0] == 250
+    [got] = down.wait_for(1)
+    assert got.dsn_mail == ("RET=HDRS", f"ENVID={envid}")
+    assert got.dsn_rcpt == {address: ("NOTIFY=SUCCESS,FAILURE,DELAY", f"ORCPT=rfc822;{address}")}

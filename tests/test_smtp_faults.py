@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from spamd.scorer import RnnPending, Scorer, ScoringPolicy, Verdict
 from spamd.smtp import replies
 from tests.fixtures_models import TrainedTiny, fixture_mail
-from tests.fixtures_smtp import past_received, proxy_config, send
+from tests.fixtures_smtp import LoopThread, past_received, proxy_config, send
 
 HAM = b"Subject: lunch\r\nFrom: Carol <carol@example.org>\r\nMessage-ID: <m1@example.org>\r\n\r\nNoon?\r\n"
 
@@ -293,6 +294,96 @@ def test_a_client_gone_while_its_message_is_scored_frees_the_downstream_connecti
     time.sleep(0.3)
     assert len(down.messages) == 1  # nothing of the gone client's went on
     sock.close()
+
+
+class RawDownstream:
+    """A downstream speaking SMTP by hand, to give replies aiosmtpd cannot: 8-bit text, no code."""
+
+    def __init__(self, rcpt_reply: bytes, data_reply: bytes) -> None:
+        self.rcpt_reply, self.data_reply = rcpt_reply, data_reply
+        self.messages: list[bytes] = []
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._lt = LoopThread("raw-downstream")
+        self.server = self._lt.call(asyncio.start_server(self._session, "127.0.0.1", 0))
+        self.url = f"smtp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._converse(reader, writer)
+        finally:
+            writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.example.net ESMTP\r\n")
+        while line := await reader.readline():
+            command = line[:4].upper()
+            if command == b"EHLO":
+                writer.write(b"250-raw.example.net\r\n250 8BITMIME\r\n")
+            elif command == b"RCPT":
+                writer.write(self.rcpt_reply)
+            elif command == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                await writer.drain()
+                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+                writer.write(self.data_reply)
+            elif command == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        await writer.drain()
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        for task in self._sessions:
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    def close(self) -> None:
+        self._lt.call(self._shutdown())
+        self._lt.close()
+
+
+@pytest.fixture
+def raw_downstream() -> Iterator[Callable[[bytes, bytes], RawDownstream]]:
+    made: list[RawDownstream] = []
+
+    def make(rcpt_reply: bytes = b"250 2.1.5 ok\r\n", data_reply: bytes = b"250 2.0.0 queued\r\n") -> RawDownstream:
+        made.append(RawDownstream(rcpt_reply, data_reply))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_a_downstream_reply_in_8_bit_reaches_the_client_in_ascii(tmp_path: Path, raw_downstream, proxy):
+    # aiosmtpd could not send the client a reply holding the downstream's 8-bit bytes (sendmail
+    # echoes an address as written): the client heard "500 Error: (UnicodeEncodeError)" for a
+    # message the downstream had taken, and an MTA bounces it.
+    down = raw_downstream(b"250 2.1.5 <j\xfcrgen@example.net>... Recipient ok\r\n",
+                          b"250 2.0.0 Ok: queued, r\xe9f\xe9rence 42\r\n")
+    p = proxy(proxy_config(tmp_path / "no-models", down.url, tmp_path, enabled=False), models=False)
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=30) as client:
+        client.ehlo("mta.example.org")
+        assert client.mail("alice@example.org")[0] == 250
+        assert client.rcpt("bob@example.net") == (250, b"2.1.5 <j?rgen@example.net>... Recipient ok")
+        assert client.data(HAM) == (250, b"2.0.0 Ok: queued, r?f?rence 42")
+    assert len(down.messages) == 1
+
+
+def test_a_data_reply_without_a_code_is_a_451(tmp_path: Path, raw_downstream, proxy):
+    # A reply that is not SMTP was relayed as "-1 Malformed SMTP response line"; the client must hear
+    # a reply it knows, and one that keeps the message: the downstream's state is unknown.
+    down = raw_downstream(data_reply=b"OK queued\r\n")
+    p = proxy(proxy_config(tmp_path / "no-models", down.url, tmp_path, enabled=False), models=False)
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        send(p.port, HAM)
+    assert (err.value.smtp_code, err.value.smtp_error.decode()) == (451, replies.DOWNSTREAM_UNAVAILABLE[4:])
 
 
 def _reply(f: Any) -> bytes:

@@ -20,7 +20,8 @@ MAIL = ("RET", "ENVID")
 RCPT = ("NOTIFY", "ORCPT")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")  # RFC 3461 4: printable ASCII but "+" and "=", or +XX
-_ORCPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+")
+# addr-type;address: xtext (RFC 3461), or UTF-8 (RFC 6533); never a control character
+_ORCPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;[^\x00-\x1f\x7f]+")
 
 
 def take(arg: str, names: Sequence[str]) -> tuple[str, list[str]]:

@@ -10,12 +10,15 @@ DATA could not reach the client, and would become "250 and drop"). Two implement
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from spamd.config import Config
 from spamd.errors import ConfigError
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,10 @@ class Reply:
 
     @property
     def line(self) -> str:
-        """The reply as one SMTP line (a multi-line downstream reply is folded into one)."""
-        return f"{self.code} {' '.join(self.text.split())}".rstrip()
+        """The reply as one SMTP line (a multi-line downstream reply is folded into one), in printable
+        ASCII: a downstream's reply may hold 8-bit bytes (sendmail echoes an address as the client
+        wrote it), and one the client cannot be sent would leave it a 500 for a delivered message."""
+        return _UNPRINTABLE.sub("?", f"{self.code} {' '.join(self.text.split())}".rstrip())
 
     @classmethod
     def parse(cls, line: str) -> Reply:

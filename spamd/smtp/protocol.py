@@ -56,6 +56,23 @@ class Connections:
                 transport.close()
 
 
+class CommandLimits(dict[str, int]):
+    """The longest command line spamd reads, per command: RFC 5321's 512, and for MAIL and RCPT what
+    the extensions spamd offers may add (RFC 1870's SIZE 26, RFC 6531's SMTPUTF8 10, RFC 3461's DSN
+    100 on MAIL and 500 on RCPT). aiosmtpd keeps its limits in a dict shared by every session, which
+    each EHLO adds to and each new connection empties, and it knows nothing of DSN: a RCPT with a
+    long ORCPT got "500 Command line too long", a permanent failure. Fixed here, per session."""
+
+    def __init__(self) -> None:
+        super().__init__(MAIL=SMTP.command_size_limit + 26 + 10 + 100, RCPT=SMTP.command_size_limit + 500)
+
+    def __missing__(self, command: str) -> int:
+        return SMTP.command_size_limit
+
+    def __setitem__(self, command: str, limit: int) -> None:
+        return None  # aiosmtpd's additions at EHLO: counted above already
+
+
 class SpamdSMTP(SMTP):
     def __init__(self, handler: Any, connections: Connections, *, line_length_limit: int, **kwargs: Any) -> None:
         # aiosmtpd reads the limit while constructing its stream reader, so set it first.
@@ -67,6 +84,7 @@ class SpamdSMTP(SMTP):
         self._last_active = 0.0  # loop time of the client's last bytes or spamd's last answer
         self._hooks_running = 0
         super().__init__(handler, **kwargs)
+        self.command_size_limits = CommandLimits()  # aiosmtpd's is one dict for every session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and len(self.connections.live) >= self.connections.limit:

@@ -87,8 +87,12 @@ class SmtpTransaction:
         try:
             resp = await self.client.data(message)
         except SMTPResponseException as exc:
-            await self.abort()  # RSET: a refused DATA may leave the downstream's transaction open
-            return Reply(exc.code, exc.message)
+            if 400 <= exc.code < 600:
+                await self.abort()  # RSET: a refused DATA may leave the downstream's transaction open
+                return Reply(exc.code, exc.message)
+            log.error("downstream failed during DATA: %s", exc)  # no reply code (aiosmtplib's -1): out of step
+            self._end(reuse=False)
+            return UNAVAILABLE
         except FAILURES as exc:
             log.error("downstream failed during DATA: %s", exc)
             self._end(reuse=False)
@@ -161,6 +165,8 @@ class SmtpDownstream:
             except DeliveryTempFail as exc:
                 return self._unavailable(str(exc), Reply(exc.code, exc.text))
             except FAILURES as exc:
+                if client is not None:
+                    client.close()  # out of step with the downstream: never pooled again
                 return self._unavailable(str(exc))
             except asyncio.CancelledError:
                 if client is not None:

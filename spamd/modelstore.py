@@ -137,15 +137,16 @@ def read_manifest(models_dir: Path, version: str) -> Manifest:
         raise ModelNotFound(f"no model version {version!r} in {models_dir}") from exc
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from exc
-    return Manifest(**data)
+    try:
+        return Manifest(**data)
+    except TypeError as exc:  # a key missing, or one this spamd does not know
+        raise ModelError(f"{path} is not a manifest this spamd reads: {exc}") from exc
 
 
-def load(models_dir: Path, version: str) -> ModelSet:
-    """Load a version, checking every weight file against the manifest's sha256."""
+def verify(models_dir: Path, version: str) -> Manifest:
+    """A version's manifest, once every weight file is checked against the sha256 it gives."""
     manifest = read_manifest(models_dir, version)
-    cnn_args = {**manifest.cnn_args, "widths": tuple(manifest.cnn_args["widths"])}
-    cnn, rnn = build(CNNConfig(**cnn_args), RNNConfig(**manifest.rnn_args))
-    for name, net in zip(WEIGHT_FILES, (cnn, rnn), strict=False):
+    for name in WEIGHT_FILES:
         path = models_dir / version / name
         expected = manifest.files.get(name)
         actual = _sha256(path) if path.exists() else None
@@ -155,6 +156,19 @@ def load(models_dir: Path, version: str) -> ModelSet:
             raise ModelIntegrityError(
                 f"model version {version}: {name} has sha256 {actual}, manifest says {expected}; refusing to load"
             )
+    return manifest
+
+
+def load(models_dir: Path, version: str) -> ModelSet:
+    """Load a version, checking every weight file against the manifest's sha256."""
+    manifest = verify(models_dir, version)
+    try:
+        cnn_args = {**manifest.cnn_args, "widths": tuple(manifest.cnn_args["widths"])}
+        cnn, rnn = build(CNNConfig(**cnn_args), RNNConfig(**manifest.rnn_args))
+    except (KeyError, TypeError) as exc:
+        raise ModelError(f"model version {version}: its manifest's network arguments do not fit: {exc}") from exc
+    for name, net in zip(WEIGHT_FILES, (cnn, rnn), strict=False):
+        path = models_dir / version / name
         state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
         net.load_state_dict(state)
         net.eval()

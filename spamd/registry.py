@@ -62,6 +62,11 @@ def activate(session: Session, models_dir: Path, version: str) -> None:
     (and a pruned version comes back from this host's copy, if it has one) or waits.
     """
     row = repo.lock_version(session, version)
+    if (models_dir / version).is_dir():
+        # A version whose weights fail their manifest's sha256 would go live on every node and
+        # load on none: every message would pass unscored. (Files only in the database are
+        # checked when a node rebuilds the version from them: `materialise`.)
+        modelstore.verify(models_dir, version)
     if row is None:
         register(session, models_dir, version)
     elif row.status == "pruned":

@@ -15,7 +15,7 @@ from spamd import modelstore, registry
 from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.schema import ModelFile
-from spamd.errors import ModelIntegrityError, ModelNotFound
+from spamd.errors import ModelError, ModelIntegrityError, ModelNotFound
 from tests.fixtures_models import TrainedTiny, new_version
 
 
@@ -53,6 +53,31 @@ def test_activate_and_rollback_step_through_versions(engine: Engine, models_dir:
                                                                         starter: "active"}
     with Session(engine) as s, s.begin(), pytest.raises(ModelNotFound):
         registry.rollback(s, models_dir)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "manifest key unknown"])
+def test_a_version_whose_files_fail_their_check_is_not_activated(damage: str, engine: Engine, models_dir: Path,
+                                                                 tiny_trained: TrainedTiny) -> None:
+    # It used to go live (its bytes went into the database with their own sha256): every node then
+    # failed to load it, and every message passed unscored.
+    starter = modelstore.active_version(models_dir)
+    bad = new_version(models_dir, tiny_trained.load(), "29990101T000000Z")
+    if damage == "flipped byte":
+        weights = models_dir / bad / "cnn.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+    else:
+        manifest = models_dir / bad / modelstore.MANIFEST
+        manifest.write_text(manifest.read_text().replace('"version":', '"colour": "red", "version":', 1))
+    with Session(engine) as s, s.begin():
+        registry.seed(s, models_dir)
+    with Session(engine) as s, s.begin(), pytest.raises(ModelError, match="sha256|not a manifest"):
+        registry.activate(s, models_dir, bad)
+    with Session(engine) as s:
+        assert repo.active_version(s).version == starter
+        assert bad not in {v.version for v in repo.list_versions(s)}
+        assert s.query(ModelFile).filter(ModelFile.version == bad).count() == 0
 
 
 def test_a_node_without_the_files_rebuilds_them_from_the_database(engine: Engine, retrain_db: str, models_dir: Path,

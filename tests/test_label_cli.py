@@ -99,3 +99,15 @@ def test_malformed_mail_is_still_labelled(spamd: Spamd) -> None:
     result = spamd("label", "spam", str(DATA / "malformed"))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{len(fixture_mail('malformed', ''))} added")
+
+
+def test_the_configured_subject_tag_comes_off_a_copy_spamd_tagged(spamd: Spamd, config_file: Path) -> None:
+    # With [scoring] subject_tag, spam reaches the mailbox as "[SPAM] ..."; labelled, it is the
+    # message spamd scored, one with a copy kept untagged (and a model never learns the tag).
+    with config_file.open("a") as fh:
+        fh.write('\n[scoring]\nsubject_tag = "[SPAM] "\n')
+    raw = b"From: a@example.org\nSubject: cheap pills\nMessage-ID: <t1@example.org>\n\nbuy\n"
+    tagged = (b"X-Spam-Flag: YES\nX-Spam-Id: 0123456789abcdef0123\n"
+              + raw.replace(b"Subject: ", b"Subject: [SPAM] "))
+    assert spamd("label", "spam", "-", input=tagged).stdout.startswith("1 added")
+    assert spamd("label", "spam", "-", input=raw).stdout.startswith("0 added, 0 relabelled, 1 unchanged")

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
-from spamd.mail.headers import fingerprint, prepend_headers, split_header_block, strip_spam_headers
+from spamd.mail.headers import as_learned, fingerprint, prepend_headers, split_header_block, strip_spam_headers
 from spamd.mail.html import _HREF
 from spamd.mail.parse import _URL, MAX_LINK_DOMAINS, _message, parse
 
@@ -188,6 +188,17 @@ def test_strip_and_prepend_keep_the_original_bytes() -> None:
     tagged = prepend_headers(stripped, [("X-Spam-Flag", "YES")])
     assert tagged == b"X-Spam-Flag: YES\r\n" + stripped
     assert fingerprint(tagged) == fingerprint(stripped) == fingerprint(MULTIPART)
+
+
+def test_the_subject_tag_comes_off_only_where_spamd_put_it() -> None:
+    block = b"X-Spam-Flag: %s\nX-Spam-Id: 0123456789abcdef0123\n"
+    # ham, or a sender's own X-Spam-* fields (no X-Spam-Id): the Subject is the sender's
+    assert as_learned(block % b"NO" + b"Subject: [SPAM] hi\n\nx\n", "[SPAM] ") == b"Subject: [SPAM] hi\n\nx\n"
+    assert as_learned(b"X-Spam-Flag: YES\nSubject: [SPAM] hi\n\nx\n", "[SPAM] ") == b"Subject: [SPAM] hi\n\nx\n"
+    assert as_learned(block % b"YES" + b"Subject: [SPAM] hi\n\nx\n", "[SPAM] ") == b"Subject: hi\n\nx\n"
+    assert as_learned(block % b"YES" + b"Subject: [SPAM]\nFrom: a@b.c\n\nx\n", "[SPAM] ") == b"From: a@b.c\n\nx\n"
+    # a Subject that does not carry the tag (the tag changed since) is left as it is
+    assert as_learned(block % b"YES" + b"Subject: hi\n\nx\n", "[SPAM] ") == b"Subject: hi\n\nx\n"
 
 
 def test_folded_forged_spam_header_is_removed_whole() -> None:

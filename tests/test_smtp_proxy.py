@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from spamd.db import labels
 from spamd.errors import ConfigError
 from spamd.mail.headers import as_learned
 from spamd.scorer import Scorer, ScoringPolicy
@@ -116,12 +117,19 @@ def test_spam_threshold_and_subject_tag(tiny_trained: TrainedTiny, tmp_path: Pat
     down = capture()
     cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path, spam_threshold=0.0, subject_tag="[SPAM] ")
     p = proxy(cfg)
-    send(p.port, b"Subject: hello there\r\nFrom: a@b.c\r\n\r\nbody\r\n")
-    send(p.port, b"From: a@b.c\r\n\r\nno subject\r\n")
-    first, second = down.wait_for(2)
+    sent = [b"Subject: hello there\r\nFrom: a@b.c\r\n\r\nbody\r\n", b"From: a@b.c\r\n\r\nno subject\r\n",
+            b"From: a@b.c\r\nSubject: [SPAM] [SPAM]\r\n\r\nmarked by its sender\r\n"]
+    for raw in sent:
+        send(p.port, raw)
+    first, second, third = down.wait_for(3)
     assert b"\r\nSubject: [SPAM] hello there\r\n" in first.content
     assert _headers(first.content)["X-Spam-Flag"] == "YES"
     assert b"Subject: [SPAM]\r\n" in second.content
+    # Labelled later, each is learned as spamd scored it: without the tag spamd put on it, or the
+    # Subject it added (a model must not learn a mark live mail never has).
+    for raw, got in zip(sent, (first, second, third), strict=True):
+        assert labels.prepare(got.content, cfg.scoring.subject_tag).raw == lf(raw)
+    assert labels.prepare(first.content).raw != lf(sent[0])  # (the tag is known from the config)
 
 
 def test_maildir_delivery_is_atomic_and_complete(tiny_trained: TrainedTiny, tmp_path: Path, proxy):

@@ -42,12 +42,13 @@ SUMMARY = {
 @click.pass_context
 def command(ctx: click.Context, action: str, paths: tuple[str, ...], user: str | None) -> None:
     """Label messages spam or ham (or forget their label): files, directories, Maildirs, mbox, or - for stdin."""
-    url = get_config(ctx).database_url
+    cfg = get_config(ctx)
+    url = cfg.database_url
     args = expand_paths(paths)
     how = Labelling(action, user or _login(), "pipe" if "-" in args else "cli", datetime.now(UTC))
     with opened(url) as engine:
         try:
-            tally = _run(engine, read_messages(args, sys.stdin.buffer), how)
+            tally = _run(engine, read_messages(args, sys.stdin.buffer), how, cfg.scoring.subject_tag)
         except SQLAlchemyError as exc:
             raise unreachable(url, exc) from exc
     keys = SUMMARY["forget" if action == "forget" else "label"]
@@ -56,13 +57,13 @@ def command(ctx: click.Context, action: str, paths: tuple[str, ...], user: str |
         sys.exit(1)
 
 
-def _run(engine: Engine, items: Iterable[Item], how: Labelling) -> Counter[str]:
+def _run(engine: Engine, items: Iterable[Item], how: Labelling, subject_tag: str) -> Counter[str]:
     tally: Counter[str] = Counter()
     seen: set[str] = set()
     chunk: list[Incoming] = []
     with tqdm(items, unit="msg", desc="labelling", leave=False, disable=not sys.stderr.isatty()) as bar:
         for item in bar:
-            incoming = _prepare(item, tally)
+            incoming = _prepare(item, tally, subject_tag)
             if incoming is None:
                 continue
             if incoming.sha256 in seen:  # the same message twice in this run: merged into one
@@ -77,12 +78,12 @@ def _run(engine: Engine, items: Iterable[Item], how: Labelling) -> Counter[str]:
     return tally
 
 
-def _prepare(item: Item, tally: Counter[str]) -> Incoming | None:
+def _prepare(item: Item, tally: Counter[str], subject_tag: str) -> Incoming | None:
     if item.raw is None:
         tally["unreadable"] += 1
         click.echo(f"spamd: {item.source}: {item.error}", err=True)
         return None
-    return labels.prepare(item.raw)
+    return labels.prepare(item.raw, subject_tag)  # [scoring] subject_tag comes off a copy spamd tagged
 
 
 def _store(engine: Engine, chunk: list[Incoming], how: Labelling) -> Counter[str]:

@@ -32,8 +32,9 @@ def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], par
     """Train a new model version from directories of raw messages, Maildir folders or mbox files."""
     cfg = get_config(ctx)
     tok = TokenizerConfig()
-    samples_spam, bad_spam = read_samples(expand_paths(spam), 1, tok)
-    samples_ham, bad_ham = read_samples(expand_paths(ham), 0, tok)
+    tag = cfg.scoring.subject_tag  # taken off the spam spamd tagged, when these are its deliveries
+    samples_spam, bad_spam = read_samples(expand_paths(spam), 1, tok, tag)
+    samples_ham, bad_ham = read_samples(expand_paths(ham), 0, tok, tag)
     unreadable = bad_spam + bad_ham
     samples = dedupe(samples_spam + samples_ham)
     click.echo(f"training on {sum(s.label for s in samples)} spam and "
@@ -57,7 +58,7 @@ def command(ctx: click.Context, spam: tuple[str, ...], ham: tuple[str, ...], par
                            "threshold": models.manifest.threshold, "metrics": models.manifest.metrics}, indent=2))
 
 
-def read_samples(paths: list[str], label: int, tok: TokenizerConfig) -> tuple[list[Sample], int]:
+def read_samples(paths: list[str], label: int, tok: TokenizerConfig, subject_tag: str = "") -> tuple[list[Sample], int]:
     """Read and tokenize messages; returns the samples and how many inputs were unreadable."""
     samples, bad = [], 0
     for item in read_messages(paths):
@@ -65,7 +66,7 @@ def read_samples(paths: list[str], label: int, tok: TokenizerConfig) -> tuple[li
             click.echo(f"spamd: {item.source}: {item.error}", err=True)
             bad += 1
             continue
-        samples.append(sample_of(item.raw, label, tok))
+        samples.append(sample_of(item.raw, label, tok, subject_tag))
     return samples, bad
 
 

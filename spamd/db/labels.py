@@ -45,13 +45,14 @@ class Labelling:
     when: datetime
 
 
-def prepare(raw: bytes) -> Incoming:
-    """Key and describe a raw message (pure, never raises)."""
+def prepare(raw: bytes, subject_tag: str = "") -> Incoming:
+    """Key and describe a raw message (pure, never raises); `subject_tag` is the one spamd puts on
+    spam ([scoring] subject_tag), taken off a delivered copy it tagged."""
     m = SPAM_ID.search(split_header_block(raw)[0])
     # What spamd scored, from a delivered copy: copies in several mailboxes, whatever their line
     # endings, are one message, and the retrain learns what spamd sees live, not what each
     # mailbox's delivery added on top.
-    stripped = as_learned(raw)
+    stripped = as_learned(raw, subject_tag)
     mail = parse(stripped)
     return Incoming(
         sha256=fingerprint(stripped),

@@ -11,6 +11,8 @@ import re
 
 _SPAM_HEADER = re.compile(rb"x-spam-", re.IGNORECASE)
 SPAM_ID = re.compile(rb"^x-spam-id:[ \t]*([0-9a-f]{20})\b", re.IGNORECASE | re.MULTILINE)  # spamd's score-log id
+_SPAM_FLAG_YES = re.compile(rb"x-spam-flag:[ \t]*yes\b", re.IGNORECASE)
+_SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
 
 
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
@@ -46,12 +48,14 @@ def strip_spam_headers(raw: bytes) -> bytes:
     return b"".join(kept) + rest
 
 
-def as_scored(raw: bytes) -> bytes:
+def as_scored(raw: bytes, subject_tag: str = "") -> bytes:
     """A delivered copy back to the bytes spamd scored: the fields that later hops wrote above
     spamd's block (Return-Path, Delivered-To, the reinjection's Received...) go with the block.
     spamd's block is the topmost X-Spam-* run, when it holds an X-Spam-Id (spamd removes every
     X-Spam-* field it receives before adding its own, so no sender's can sit above it). A message
-    without one has its X-Spam-* fields removed and nothing else."""
+    without one has its X-Spam-* fields removed and nothing else. Where the block says spam, the
+    `subject_tag` ([scoring] subject_tag) spamd put on the Subject comes off too, as SpamAssassin
+    takes its own off before it learns: a model must not learn a mark live mail never has."""
     block, rest = split_header_block(raw)
     fields = header_fields(block)
     first = next((i for i, f in enumerate(fields) if _SPAM_HEADER.match(f)), None)
@@ -61,7 +65,34 @@ def as_scored(raw: bytes) -> bytes:
     end = next((i for i, f in enumerate(run) if not _SPAM_HEADER.match(f)), len(run))
     if not any(SPAM_ID.match(f) for f in run[:end]):
         return strip_spam_headers(raw)
-    return strip_spam_headers(b"".join(run[end:]) + rest)
+    scored = b"".join(run[end:]) + rest
+    if subject_tag and any(_SPAM_FLAG_YES.match(f) for f in run[:end]):
+        scored = untag_subject(scored, subject_tag)
+    return strip_spam_headers(scored)
+
+
+def tag_subject(raw: bytes, tag: str) -> bytes:
+    """Insert `tag` at the start of the Subject's value; a message without a Subject gets one."""
+    block, rest = split_header_block(raw)
+    m = _SUBJECT.search(block)
+    if m is None:
+        return prepend_headers(raw, [("Subject", tag.rstrip())])
+    return block[: m.end()] + tag.encode("utf-8") + block[m.end() :] + rest
+
+
+def untag_subject(raw: bytes, tag: str) -> bytes:
+    """`tag_subject` undone: the Subject spamd added (the first field, the only Subject, and the tag
+    alone), or the tag at the start of the Subject's value. Anything else is left as it is."""
+    block, rest = split_header_block(raw)
+    fields = header_fields(block)
+    if fields and fields[0].rstrip(b"\r\n") == b"Subject: " + tag.rstrip().encode("utf-8") \
+            and len(_SUBJECT.findall(block)) == 1:
+        return raw[len(fields[0]):]
+    m = _SUBJECT.search(block)
+    mark = tag.encode("utf-8")
+    if m is None or not block.startswith(mark, m.end()):
+        return raw
+    return block[: m.end()] + block[m.end() + len(mark) :] + rest
 
 
 def fingerprint(raw: bytes) -> str:
@@ -76,10 +107,11 @@ def with_lf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n")
 
 
-def as_learned(raw: bytes) -> bytes:
+def as_learned(raw: bytes, subject_tag: str = "") -> bytes:
     """A message as spamd keeps it to learn from (labels, training files): as it scored it
-    (`as_scored`), with LF line endings (`with_lf`). Every copy of one message gives these bytes."""
-    return with_lf(as_scored(raw))
+    (`as_scored`, with the site's `subject_tag`), with LF line endings (`with_lf`). Every copy of
+    one message gives these bytes."""
+    return with_lf(as_scored(raw, subject_tag))
 
 
 def prepend_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:

@@ -64,7 +64,7 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
 def _starter(cfg: Config, tok: TokenizerConfig) -> list[Sample]:
     if not (cfg.training.mix_starter and cfg.training.starter_corpus):
         return []
-    return data.starter(cfg.path(cfg.training.starter_corpus), tok)
+    return data.starter(cfg.path(cfg.training.starter_corpus), tok, cfg.scoring.subject_tag)
 
 
 def train_config(cfg: Config, parent: ModelSet | None, tok: TokenizerConfig) -> TrainConfig:

@@ -22,7 +22,7 @@ def labelled(session: Session, tok: TokenizerConfig) -> list[Sample]:
     return [Sample(token_ids(parse(raw), tok), int(label == "spam"), sha) for sha, label, raw in iter_labelled(session)]
 
 
-def starter(path: Path, tok: TokenizerConfig) -> list[Sample]:
+def starter(path: Path, tok: TokenizerConfig, subject_tag: str = "") -> list[Sample]:
     """The starter corpus: the `train` rows of PATH/SPLIT.tsv (path, label, split), else PATH/spam and PATH/ham."""
     if (path / "SPLIT.tsv").is_file():
         with open(path / "SPLIT.tsv") as fh:
@@ -33,18 +33,18 @@ def starter(path: Path, tok: TokenizerConfig) -> list[Sample]:
         spam, ham = [str(path / "spam")], [str(path / "ham")]
     else:
         raise TrainingError(f"starter corpus {path}: no SPLIT.tsv and no spam/ and ham/ directories")
-    return _read(spam, 1, tok) + _read(ham, 0, tok)
+    return _read(spam, 1, tok, subject_tag) + _read(ham, 0, tok, subject_tag)
 
 
-def _read(paths: list[str], label: int, tok: TokenizerConfig) -> list[Sample]:
-    return [sample_of(item.raw, label, tok) for item in read_messages(paths) if item.raw is not None]
+def _read(paths: list[str], label: int, tok: TokenizerConfig, subject_tag: str) -> list[Sample]:
+    return [sample_of(item.raw, label, tok, subject_tag) for item in read_messages(paths) if item.raw is not None]
 
 
-def sample_of(raw: bytes, label: int, tok: TokenizerConfig) -> Sample:
+def sample_of(raw: bytes, label: int, tok: TokenizerConfig, subject_tag: str = "") -> Sample:
     """A message read from a file as training reads it, as labelling keeps it (`as_learned`: as
-    spamd scored it, when it is a delivered copy of spamd's, with LF line endings), keyed by the
-    sha256 of those bytes."""
-    scored = as_learned(raw)
+    spamd scored it, when it is a delivered copy of spamd's, its `subject_tag` off, with LF line
+    endings), keyed by the sha256 of those bytes."""
+    scored = as_learned(raw, subject_tag)
     return Sample(token_ids(parse(scored), tok), label, fingerprint(scored))
 
 

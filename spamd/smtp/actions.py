@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spamd.config import ScoringConfig
-from spamd.mail.headers import prepend_headers, split_header_block
+from spamd.mail.headers import prepend_headers, split_header_block, tag_subject
 from spamd.scorer import Verdict
 
-_SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")  # in a client's HELO name, as Postfix's smtpd prints it: "?"
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{0,500}>|[^\r\n]{0,500})", re.IGNORECASE | re.MULTILINE)
 
@@ -96,15 +95,6 @@ def rewrite(raw: bytes, headers: list[tuple[str, str]], subject_tag: str = "") -
     if subject_tag:
         raw = tag_subject(raw, subject_tag)
     return prepend_headers(raw, headers)
-
-
-def tag_subject(raw: bytes, tag: str) -> bytes:
-    """Insert `tag` at the start of the Subject's value; a message without a Subject gets one."""
-    block, rest = split_header_block(raw)
-    m = _SUBJECT.search(block)
-    if m is None:
-        return prepend_headers(raw, [("Subject", tag.rstrip())])
-    return block[: m.end()] + tag.encode("utf-8") + block[m.end() :] + rest
 
 
 def message_id(raw: bytes) -> str:

@@ -9,14 +9,18 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from spamd.db import migrate
 from spamd.db.engine import make_engine
 from spamd.db.schema import ScoreLog
 from spamd.db.spool import Spool, encode
 from spamd.db.writer import ScoreLogWriter
-from tests.fixtures_db import log_row
+from spamd.scorelog import ScoreLogRow
+from tests.fixtures_db import PgServer, log_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +107,64 @@ def test_processes_appending_to_one_spool_never_interleave(tmp_path: Path) -> No
     seen: list[str] = []
     Spool(tmp_path / "spool").replay(lambda rows: seen.extend(r.id for r in rows), batch_size=100)
     assert len(seen) == len(set(seen)) == 4 * 50 * 20
+
+
+@pytest.mark.postgres
+def test_rows_are_spooled_while_postgresql_is_read_only(pg_server: PgServer, tmp_path: Path) -> None:
+    # A standby, or a primary failing over, refuses writes with SQLSTATE 25006, which psycopg reports
+    # as an InternalError: the rows were taken for bad ones, tried one by one and dropped.
+    url = pg_server.create(pg_server.new_database_url())
+    migrate.upgrade(url)
+    name = make_url(url).database
+    with pg_server.admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+    engine = make_engine(url)
+    w = writer(engine, tmp_path, retry_after=0.0)
+    for n in range(5):
+        w.submit(log_row(n))
+    w.flush()
+    assert (w.written, w.spooled, w.dropped) == (0, 5, 0)
+    with pg_server.admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off'))
+    engine.dispose()  # new sessions take the database's setting
+    w.close()
+    assert stored(engine) == 5 and w.written == 5
+    engine.dispose()
+
+
+def test_a_damaged_spool_line_is_skipped_and_the_rest_replayed(engine: Engine, tmp_path: Path) -> None:
+    rows = [log_row(n) for n in range(3)]
+    (tmp_path / "spool").write_bytes(f"{encode(rows[0])}\n".encode() + b'{"id":"\xff\xfe'
+                                     + f"\n{encode(rows[1])}\n{encode(rows[2])}\n".encode())
+    w = writer(engine, tmp_path).start()
+    w.submit(log_row(5))
+    deadline = time.monotonic() + 10
+    while stored(engine) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored(engine) == 4  # by the running thread: the damaged line used to kill it
+    w.close()
+    assert (tmp_path / "spool").read_text() == ""
+
+
+class FailingSpool(Spool):
+    """A spool whose first replay fails in a way nothing foresees (the one fake here)."""
+
+    failed = False
+
+    def replay(self, write: Callable[[list[ScoreLogRow]], None], batch_size: int) -> int:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("unforeseen")
+        return super().replay(write, batch_size)
+
+
+def test_the_writer_thread_outlives_a_failed_flush(engine: Engine, tmp_path: Path) -> None:
+    spool = FailingSpool(tmp_path / "spool")
+    spool.append([log_row(9)])
+    w = ScoreLogWriter(engine, spool, flush_interval=0.05, batch_size=50).start()
+    w.submit(log_row(1))
+    deadline = time.monotonic() + 10
+    while stored(engine) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored(engine) == 2 and spool.failed
+    w.close()

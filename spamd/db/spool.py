@@ -61,7 +61,8 @@ class Spool:
 
         If `write` raises, the spool is left as it was and the exception propagates.
         """
-        with open(self.path, "r+", encoding="utf-8") as fh:
+        # A byte that is not UTF-8 (the disk's damage: spamd writes JSON) spoils its line only.
+        with open(self.path, "r+", encoding="utf-8", errors="replace") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             done = 0
             batch: list[ScoreLogRow] = []

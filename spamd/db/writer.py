@@ -32,6 +32,23 @@ log = logging.getLogger("spamd.db")
 # Errors that mean "the database is not there right now" (down, locked, not yet migrated):
 # the rows are kept. Any other error means the rows themselves were refused.
 DOWN = (OperationalError, InterfaceError, ProgrammingError, PoolTimeout)
+# ...and, from PostgreSQL, the SQLSTATEs of a server that cannot take any row just now, whatever
+# class of error the driver gives them: a read-only server (25006, a standby, or a primary
+# failing over), a connection lost (08), a transaction to retry (40), a full disk or too many
+# connections (53), a shutdown (57), an I/O error (58).
+SERVER_STATES = ("25006", "08", "40", "53", "57", "58")
+
+
+class Down(Exception):
+    """The database cannot take rows just now (`_store` raises it for DOWN, and SERVER_STATES)."""
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away, not that a row was refused."""
+    if isinstance(exc, DOWN):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and state.startswith(SERVER_STATES)
 # A backlog is written several INSERTs of batch_size rows to a commit: each commit rewrites
 # every index page it touched, so fewer commits keep up with bursts on a big table.
 BATCHES_PER_COMMIT = 10
@@ -89,7 +106,10 @@ class ScoreLogWriter:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the writer must outlive any one failure, or every row after it is lost
+                log.exception("score-log writer: a flush failed; the rows it held stay queued or spooled")
 
     def flush(self) -> None:
         """Write every queued row now: to the database if it answers, else to the spool."""
@@ -104,8 +124,8 @@ class ScoreLogWriter:
             return
         try:
             n = self.spool.replay(self._store, self.batch_size)
-        except DOWN as exc:
-            self._mark_down(exc)
+        except Down as exc:
+            self._mark_down(exc.__cause__ or exc)
             return
         except OSError as exc:
             log.error("score-log spool %s cannot be replayed: %s", self.spool.path, exc)
@@ -117,20 +137,20 @@ class ScoreLogWriter:
             try:
                 self._store(batch)
                 return
-            except DOWN as exc:
-                self._mark_down(exc)
+            except Down as exc:
+                self._mark_down(exc.__cause__ or exc)
         self._to_spool(batch)
 
     def _store(self, rows: list[ScoreLogRow]) -> None:
-        """Insert rows; a row refused for itself is logged and dropped. Raises only DOWN errors."""
+        """Insert rows; a row refused for itself is logged and dropped. Raises only Down."""
         try:
             with Session(self.engine) as session, session.begin():
                 for i in range(0, len(rows), self.batch_size):
                     insert_rows(session, rows[i : i + self.batch_size])
             self.written += len(rows)
-        except DOWN:
-            raise
         except Exception as exc:  # noqa: BLE001 - a bad row must not hold back the others
+            if database_away(exc):
+                raise Down(str(exc)) from exc
             if len(rows) > 1:
                 for row in rows:
                     self._store([row])
@@ -149,7 +169,7 @@ class ScoreLogWriter:
     def _is_down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _mark_down(self, exc: Exception) -> None:
+    def _mark_down(self, exc: BaseException) -> None:
         if not self._is_down():
             log.warning("score-log database unreachable, spooling to %s: %s", self.spool.path, exc)
         self._down_until = time.monotonic() + self.retry_after

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from spamd import modelstore
@@ -190,6 +191,31 @@ def test_a_second_trainer_is_turned_away_while_one_holds_the_lock(retrain_cfg: C
     again = lock.acquire(engine, stale_after=3600)
     assert again is not None
     again.release()
+    engine.dispose()
+
+
+def test_a_trainer_that_lost_its_lock_learns_it_at_its_next_refresh(retrain_db: str) -> None:
+    # PostgreSQL: the lock lives with its connection, which a server restart, idle_session_timeout
+    # or the network can end; SQLite: a row not refreshed in time is taken over. The first trainer
+    # went on, beside a second one, and its release then raised and hid its run's outcome.
+    engine = make_engine(retrain_db)
+    first = lock.acquire(engine, stale_after=3600, holder="first:1:x")
+    assert first is not None
+    first.refresh()  # held: nothing said
+    if engine.dialect.name == "postgresql":
+        assert first.conn is not None
+        pid = first.conn.scalar(text("SELECT pg_backend_pid()"))
+        with engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        second = lock.acquire(engine, stale_after=3600, holder="second:1:x")
+    else:
+        second = lock.acquire(engine, stale_after=0.0, holder="second:1:x")  # first's row counts as stale
+    assert second is not None
+    with pytest.raises(lock.LockLost):
+        first.refresh()
+    first.release()  # logged, not raised; and it leaves the second trainer's lock alone
+    assert lock.acquire(engine, stale_after=3600) is None
+    second.release()
     engine.dispose()
 
 

@@ -78,6 +78,10 @@ def _locked(cfg: Config, engine: Engine, held: lock.Held, progress: Progress | N
     except BaseException:
         _failed(engine, run_id, active, "interrupted", started)
         raise
+    try:
+        held.refresh()  # still ours: a run that lost the lock must not promote beside another trainer
+    except lock.LockLost as exc:
+        return _failed(engine, run_id, active, str(exc), started)
     t = cfg.training
     decision = gate.judge(cand.candidate, cand.active, t.gate_auc_tolerance, t.gate_fpr_tolerance, t.gate_min_holdout)
     return _record(cfg, engine, run_id, active, cand, decision, started)

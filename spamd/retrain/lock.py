@@ -15,10 +15,11 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from spamd.db.schema import TrainerLock
+from spamd.errors import TrainingError
 
 log = logging.getLogger("spamd.train")
 NAME = "retrain"
@@ -29,26 +30,50 @@ def holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[:128]
 
 
+class LockLost(TrainingError):
+    """The trainer lock went while training: another trainer may hold it now."""
+
+
 class Held:
-    """A lock that was acquired; `refresh` keeps it fresh, `release` gives it up."""
+    """A lock that was acquired; `refresh` keeps it fresh and says if it was lost, `release` gives it up."""
 
     def __init__(self, engine: Engine, holder: str, conn: Connection | None = None) -> None:
         self.engine, self.holder, self.conn = engine, holder, conn
 
     def refresh(self) -> None:
+        """Keep the lock (SQLite: its row's time), or raise LockLost: on PostgreSQL when the lock's
+        connection died (a server restart, idle_session_timeout, the network), on SQLite when the
+        row was taken over as stale. The run then stops rather than train, or promote, beside
+        another trainer."""
         if self.conn is not None:
-            return  # the advisory lock lives as long as its connection
-        with Session(self.engine) as s, s.begin():
-            s.execute(update(TrainerLock).where(TrainerLock.name == NAME, TrainerLock.holder == self.holder)
-                      .values(refreshed_at=datetime.now(UTC)))
-
-    def release(self) -> None:
-        if self.conn is not None:
-            self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_KEY})
-            self.conn.close()
+            try:
+                held = self.conn.scalar(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                    " AND classid = 0 AND objid::bigint = :k AND objsubid = 1 AND granted"), {"k": PG_KEY})
+            except SQLAlchemyError as exc:
+                raise LockLost(f"the trainer lock's connection to the database was lost: {exc}") from exc
+            if not held:
+                raise LockLost("the trainer lock is no longer held")
             return
         with Session(self.engine) as s, s.begin():
-            s.execute(delete(TrainerLock).where(TrainerLock.name == NAME, TrainerLock.holder == self.holder))
+            kept = s.execute(update(TrainerLock).where(TrainerLock.name == NAME, TrainerLock.holder == self.holder)
+                             .values(refreshed_at=datetime.now(UTC)))
+        if not kept.rowcount:  # type: ignore[attr-defined]
+            raise LockLost("the trainer lock was taken over by another trainer (it was not refreshed in time)")
+
+    def release(self) -> None:
+        """Give the lock up; one already lost is only logged (the run's outcome is recorded already)."""
+        try:
+            if self.conn is not None:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_KEY})
+                return
+            with Session(self.engine) as s, s.begin():
+                s.execute(delete(TrainerLock).where(TrainerLock.name == NAME, TrainerLock.holder == self.holder))
+        except SQLAlchemyError as exc:
+            log.warning("releasing the trainer lock failed (the lock goes with its holder): %s", exc)
+        finally:
+            if self.conn is not None:
+                self.conn.close()
 
 
 def acquire(engine: Engine, stale_after: float, holder: str | None = None) -> Held | None:

@@ -68,6 +68,25 @@ def test_bad_times_are_refused_clearly(spamd: Spamd) -> None:
     assert "not a duration" in spamd("logs", "purge", "--older-than", "30").stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (("logs", "--since", "999999d"), "before the year 1"),
+    (("logs", "--since", "1000000000d"), "longer than any time"),
+    (("logs", "--since", "0001-01-01T00:00+01:00"), "out of the calendar's range"),
+    (("logs", "--limit", "99999999999999999999"), "not in the range"),
+    (("runs", "--limit", "99999999999999999999"), "not in the range"),
+    (("logs", "purge", "--older-than", "99999999999d"), "longer than any time"),
+])
+def test_times_and_limits_out_of_range_are_refused_clearly(args: tuple[str, ...], says: str, spamd: Spamd) -> None:
+    # Each was an OverflowError traceback.
+    result = spamd(*args)
+    assert result.exit_code == 2 and says in result.stderr, result.output
+
+
+def test_purge_older_than_the_calendar_purges_nothing(spamd: Spamd, logged: Engine) -> None:
+    result = spamd("logs", "purge", "--older-than", "999999d")
+    assert result.exit_code == 0 and result.stdout.startswith("purged 0 score-log rows"), result.output
+
+
 def test_purge(spamd: Spamd, logged: Engine) -> None:
     result = spamd("logs", "purge", "--older-than", "30d")
     assert result.exit_code == 0, result.output

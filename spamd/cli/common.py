@@ -12,6 +12,8 @@ from spamd.config import Config
 from spamd.errors import SpamdError
 from spamd.modelstore import ModelSet
 
+MAX_LIMIT = 2**31 - 1  # the most rows a --limit asks for (SQL takes a limit up to 2**63 - 1)
+
 
 def expand_paths(args: Iterable[str]) -> list[str]:
     """Paths as given; an argument `@FILE` stands for the paths listed in FILE, one per line."""

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from spamd.cli import config_option, get_config
+from spamd.cli.common import MAX_LIMIT
 from spamd.cli.when import Duration, When
 from spamd.db import scorelogs
 from spamd.db.scorelogs import LogQuery
@@ -35,7 +36,8 @@ COLUMNS = ("time", "id", "verdict", "score", "action", "sender", "recipients", "
 @click.option("--model", help="Model version.")
 @click.option("--message-id", help="Message-ID, exactly as in the header (with <>).")
 @click.option("--queue-id", help="The MTA's queue id (as its log names it), where the MTA sent XFORWARD.")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="Most rows; 0: all.")
+@click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT), default=100, show_default=True,
+              help="Most rows; 0: all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="json: one object per line.")
 @config_option
@@ -60,7 +62,10 @@ def command(ctx: click.Context, fmt: str, **filters: object) -> None:
 def purge_command(ctx: click.Context, older_than: timedelta) -> None:
     """Delete score-log rows older than the given age (what the retention job does daily)."""
     url = get_config(ctx).database_url
-    before = datetime.now(UTC) - older_than
+    try:
+        before = datetime.now(UTC) - older_than
+    except OverflowError:  # older than the calendar: no row is
+        before = datetime.min.replace(tzinfo=UTC)
     with opened(url) as engine, Session(engine) as session:
         try:
             with session.begin():

@@ -9,12 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from spamd.cli import config_option, get_config
+from spamd.cli.common import MAX_LIMIT
 from spamd.db.schema import TrainingRun
 from spamd.db.store import opened
 
 
 @click.command("runs")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, with every metric.")
 @config_option
 @click.pass_context

@@ -74,7 +74,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class LogsConfig:
-    retention_days: int = 30
+    retention_days: int | None = 30  # 0 or None (false in the file): never purged
     spool: str = "var/scorelog.spool"
     flush_interval: float = 0.5
     batch_size: int = 500
@@ -141,6 +141,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from exc
     cfg = _build(Config, data, "")
+    days = cfg.logs.retention_days
+    if days is not None and days < 0:
+        raise ConfigError(f"logs.retention_days has a bad value {days} (expected days, or 0: keep all)")
     return replace(cfg, base_dir=p.resolve().parent)
 
 

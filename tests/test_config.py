@@ -54,6 +54,7 @@ def test_tls_takes_the_levels_by_name(tmp_path: Path) -> None:
     ("[scoring]\nrnn_rule = 'sometimes'\n", r"rnn_rule has a bad value 'sometimes' \(expected one of 'never'"),
     ("[scoring]\non_failure = 'drop'\n", r"on_failure has a bad value 'drop' \(expected one of 'pass', 'tempfail'"),
     ("[smtp]\nxforward_hosts = '127.0.0.1'\n", "smtp.xforward_hosts must be a list of strings"),
+    ("[logs]\nretention_days = -1\n", "logs.retention_days has a bad value -1"),  # it purged every row
     ("[scoring]\nnope = 1\n", "unknown config key"),
     ("[nope]\nx = 1\n", "unknown config key"),
     ("scoring = 3\n", "must be a table"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,6 +119,10 @@ def test_scheduler_keeps_its_jobs_in_the_database_and_waits_for_new_labels(
     assert scheduler.retrain_job() == "skipped"  # nothing new since that run
     with Session(engine) as s, s.begin():
         scorelogs.insert_rows(s, [log_row(minutes_ago=40 * 24 * 60), log_row(minutes_ago=5)])
+    kept = scheduler._config
+    scheduler._config = replace(kept, logs=replace(kept.logs, retention_days=0))
+    assert scheduler.purge_job() == 0  # 0 keeps every row (it purged them all)
+    scheduler._config = kept
     assert scheduler.purge_job() == 1
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(ScoreLog)) == 1

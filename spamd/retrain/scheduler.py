@@ -131,6 +131,8 @@ def new_labels(session: Session) -> int:
 
 def purge_job() -> int:
     cfg = _current()
+    if not cfg.logs.retention_days:  # 0 (or false): score logs are kept (it purged every row)
+        return 0
     before = datetime.now(UTC) - timedelta(days=cfg.logs.retention_days)
     with opened(cfg.database_url) as engine, Session(engine) as s, s.begin():
         n = purge(s, before)

@@ -106,19 +106,25 @@ def save(models_dir: Path, models: ModelSet, *, new: bool = False) -> Path:
             files[name] = _sha256(tmp / name)
         manifest = Manifest(**{**asdict(models.manifest), "files": files})
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
-        # mkdtemp makes a private directory; versions must be readable by the daemon's user.
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-            fsync_path(path)
-        tmp.chmod(0o755)
-        fsync_path(tmp)
-        os.rename(tmp, final)
-        fsync_path(models_dir)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     models.manifest = manifest
     return final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a version written in `tmp` (a mkdtemp directory beside `final`) into place, readable by
+    every user (mkdtemp makes it private, and the daemon may run as another user than the writer)
+    and on disk first, so that a crash never leaves a version whose files are empty."""
+    for path in tmp.iterdir():
+        path.chmod(0o644)
+        fsync_path(path)
+    tmp.chmod(0o755)
+    fsync_path(tmp)
+    os.rename(tmp, final)
+    fsync_path(final.parent)
 
 
 def _free_name(models_dir: Path, version: str) -> str:

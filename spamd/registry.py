@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -128,7 +127,7 @@ def materialise(session: Session, models_dir: Path, version: str) -> None:
             if _sha256(f.data) != f.sha256:
                 raise ModelIntegrityError(f"model version {version}: {name} in the database fails its sha256")
             (tmp / name).write_bytes(f.data)
-        os.rename(tmp, models_dir / version)
+        modelstore.publish(tmp, models_dir / version)
         log.warning("model version %s copied from the database into %s", version, models_dir)
     except OSError as exc:
         if not (models_dir / version / modelstore.MANIFEST).is_file():  # else: another worker won the race

@@ -91,6 +91,9 @@ def test_a_node_without_the_files_rebuilds_them_from_the_database(engine: Engine
     assert registry.resolve_active(retrain_db, other) == v2
     assert modelstore.load(other, v2).version == v2  # sha256 checked against its manifest
     assert modelstore.active_version(other) == v2
+    # readable by the daemon's user whoever rebuilt it (a root `spamd score`, say), as `save` writes a version
+    assert (other / v2).stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (other / v2).iterdir()} == {0o644}
     shutil.rmtree(other / v2)
     with Session(engine) as s, s.begin():  # a damaged copy in the database is refused
         s.execute(update(ModelFile).where(ModelFile.version == v2, ModelFile.name == "cnn.safetensors")

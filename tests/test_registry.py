@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, create_engine, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from spamd import modelstore, registry
+from spamd.db import migrate
 from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.schema import ModelFile
@@ -121,3 +123,25 @@ def test_the_watcher_reports_a_newly_active_version(engine: Engine, retrain_db: 
     asyncio.run(watcher.poll())
     watcher.engine.dispose()
     assert seen == [v2]
+
+
+def test_on_sqlite_a_locked_registry_is_locked_against_another_writer(tmp_path: Path, models_dir: Path) -> None:
+    # SELECT ... FOR UPDATE is a plain read on SQLite: an activation could commit between a prune's
+    # reading of the registry and its marking of versions pruned, and the version just activated
+    # was pruned, its files deleted. Locking the rows now takes the database's write lock.
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    migrate.upgrade(url)
+    pruner = make_engine(url)
+    activator = create_engine(url, connect_args={"timeout": 0.2})  # gives up waiting quickly
+    with Session(pruner) as s, s.begin():
+        registry.seed(s, models_dir)
+    try:
+        with Session(pruner) as p, p.begin():
+            assert repo.list_versions(p, lock=True)  # the prune's judging, under way
+            with Session(activator) as a, a.begin(), pytest.raises(OperationalError, match="locked"):
+                repo.lock_version(a, modelstore.active_version(models_dir))
+        with Session(activator) as a, a.begin():  # once the prune's transaction is over
+            assert repo.lock_version(a, modelstore.active_version(models_dir)) is not None
+    finally:
+        pruner.dispose()
+        activator.dispose()

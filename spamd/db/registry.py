@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, false, select, update
 from sqlalchemy.orm import Session
 
 from spamd.db.schema import ModelFile, ModelVersion, TrainingRun
@@ -26,14 +26,26 @@ def get_version(session: Session, version: str) -> ModelVersion | None:
 
 
 def lock_version(session: Session, version: str) -> ModelVersion | None:
-    """The row, locked until the transaction ends (PostgreSQL; SQLite has one writer at a time anyway)."""
-    return session.get(ModelVersion, version, with_for_update=True)
+    """The row, locked until the transaction ends."""
+    _write_lock(session)
+    return session.get(ModelVersion, version, with_for_update=True, populate_existing=True)
 
 
 def list_versions(session: Session, lock: bool = False) -> list[ModelVersion]:
     """Every version, newest first; `lock`: each row locked until the transaction ends, as by lock_version."""
     stmt = select(ModelVersion).order_by(ModelVersion.created_at.desc())
-    return list(session.scalars(stmt.with_for_update() if lock else stmt))
+    if not lock:
+        return list(session.scalars(stmt))
+    _write_lock(session)
+    return list(session.scalars(stmt.with_for_update().execution_options(populate_existing=True)))
+
+
+def _write_lock(session: Session) -> None:
+    """SQLite has no row locks, and reads SELECT ... FOR UPDATE as a plain read: a prune and an
+    activation could each decide on what the other was changing. A write that changes nothing
+    takes the database's write lock now, until the transaction ends (PostgreSQL locks the rows)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(ModelVersion).where(false()).values(status=ModelVersion.status))
 
 
 def active_version(session: Session) -> ModelVersion | None:

@@ -23,7 +23,7 @@ from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.labels import prepare
 from spamd.db.schema import ModelFile, TrainingRun
-from spamd.retrain import gate, holdout, job, lock
+from spamd.retrain import child, gate, holdout, job, lock
 from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.fixtures_retrain import label
 from tests.test_prune import R1, R2, A, B, C, D, S, build, on_disk, statuses
@@ -171,6 +171,29 @@ def test_a_trainer_killed_half_way_leaves_the_active_version_intact(retrain_cfg:
     assert (run.outcome, run.candidate_version) == ("failed", None) and "died" in run.error
     engine = make_engine(cfg.database_url)
     held = lock.acquire(engine, stale_after=3600)  # the lock was released
+    assert held is not None
+    held.release()
+    engine.dispose()
+
+
+def test_a_training_stopped_by_a_shutdown_is_recorded_failed_and_its_process_killed(
+        retrain_cfg: Callable[..., Config], models_dir: Path) -> None:
+    # `spamd serve` stopping (and `spamd retrain` sent SIGTERM) set child.STOP; the exit used to wait
+    # for the training to end, and a service manager's SIGKILL then left the run "running" for good.
+    cfg = retrain_cfg(epochs=50)
+    before = modelstore.active_version(models_dir)
+    label_fixture_mail(cfg.database_url)
+    spawned: list[BaseProcess] = []
+    try:
+        out = job.run(cfg, progress=lambda stage, done, total: child.STOP.set(), on_start=spawned.append)
+    finally:
+        child.STOP.clear()
+    assert out.outcome == "failed" and "shutting down" in out.error
+    [run] = runs(cfg.database_url)
+    assert run.outcome == "failed" and "shutting down" in run.error
+    assert not spawned[0].is_alive() and active(cfg.database_url) == before
+    engine = make_engine(cfg.database_url)
+    held = lock.acquire(engine, stale_after=3600)  # released
     assert held is not None
     held.release()
     engine.dispose()

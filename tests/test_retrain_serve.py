@@ -168,3 +168,29 @@ def wait_until_running(db_url: str) -> None:
     finally:
         engine.dispose()
     raise AssertionError(f"no training run started ({NAME} lock never taken)")
+
+
+def test_sigterm_stops_spamd_retrain_and_records_the_run_failed(
+        retrain_db: str, tiny_trained: TrainedTiny, tmp_path: Path, capture: Callable[[], CaptureServer]) -> None:
+    # By default SIGTERM killed `spamd retrain` alone: its training process went on, the run stayed
+    # "running", and (SQLite) the trainer lock's row blocked retrains until it went stale.
+    config, _ = node(tmp_path / "a", tiny_trained, retrain_db, capture())
+    label_all(retrain_db)
+    proc = retrain(config)
+    engine = make_engine(retrain_db)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the run is recorded before its training process starts
+            with Session(engine) as s:
+                if s.scalar(select(TrainingRun.outcome)) == "running":
+                    break
+            time.sleep(0.05)
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1 and b"shutting down" in out, (out, err)
+        with Session(engine) as s:
+            assert s.scalar(select(TrainingRun.outcome)) == "failed"
+            assert s.scalar(text("SELECT count(*) FROM trainer_lock")) == 0  # (PostgreSQL: an advisory lock)
+    finally:
+        proc.kill()
+        engine.dispose()

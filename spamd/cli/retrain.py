@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -23,8 +24,11 @@ def command(ctx: click.Context, as_json: bool) -> None:
     Exit status 0 when the candidate was promoted or rejected by the gate, 1 when
     training failed, 75 when another trainer holds the lock.
     """
-    from spamd.retrain import job  # torch loads only for this command
+    from spamd.retrain import child, job  # torch loads only for this command
 
+    # SIGTERM stops the training and records the run failed, the trainer lock released (by default
+    # it killed this process alone, and the training process went on without it).
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: child.STOP.set())
     bar = Bar(disable=not sys.stderr.isatty())
     try:
         out = job.run(get_config(ctx), progress=bar)

@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -23,6 +24,11 @@ from spamd.train import Progress
 
 log = logging.getLogger("spamd.train")
 HEARTBEAT = 30.0  # seconds between refreshes of the trainer lock
+# Set when this process is shutting down (`spamd serve` stopping, `spamd retrain` sent SIGTERM): a
+# training in progress stops within half a second, its process killed, and the run is recorded
+# failed. Otherwise the exit waited for the training to end (minutes), and a service manager's
+# SIGKILL then left the run "running" for good.
+STOP = threading.Event()
 
 
 def run_child(cfg: Config, active: str | None, progress: Progress | None = None,
@@ -48,6 +54,8 @@ def run_child(cfg: Config, active: str | None, progress: Progress | None = None,
 def _wait(proc: BaseProcess, q: Any, progress: Progress | None, heartbeat: Callable[[], None] | None) -> Candidate:
     beat = time.monotonic()
     while True:
+        if STOP.is_set():
+            raise TrainingError("stopped: spamd is shutting down")
         if heartbeat is not None and time.monotonic() - beat > HEARTBEAT:
             heartbeat()
             beat = time.monotonic()

@@ -28,7 +28,7 @@ from spamd.db.schema import TrainingRun
 from spamd.db.scorelogs import purge
 from spamd.db.store import opened
 from spamd.errors import ConfigError, SpamdError
-from spamd.retrain import job
+from spamd.retrain import child, job
 from spamd.threadnames import name_thread
 
 log = logging.getLogger("spamd.train")
@@ -108,7 +108,8 @@ def in_daemon(cfg: Config) -> Iterator[None]:
         yield
     finally:
         if sched is not None:
-            sched.shutdown(wait=False)
+            child.STOP.set()  # a retrain in progress stops now, recorded as failed (the next run retries it)
+            sched.shutdown(wait=True)
 
 
 def retrain_job() -> str:

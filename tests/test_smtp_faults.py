@@ -386,6 +386,28 @@ def test_a_data_reply_without_a_code_is_a_451(tmp_path: Path, raw_downstream, pr
     assert (err.value.smtp_code, err.value.smtp_error.decode()) == (451, replies.DOWNSTREAM_UNAVAILABLE[4:])
 
 
+def test_a_pipelined_transaction_gets_each_reply_in_order(tmp_path: Path, capture, proxy):
+    # RFC 2920: spamd offers PIPELINING, as Postfix's smtpd does, and Postfix's smtp client then sends
+    # MAIL, the RCPTs and DATA in one write; a refused recipient among them stays refused alone.
+    down = capture()
+    down.behaviour.refuse["nobody@example.net"] = "550 5.1.1 <nobody@example.net>: Recipient address rejected"
+    p = proxy(proxy_config(tmp_path / "no-models", down.url, tmp_path, enabled=False), models=False)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock, sock.makefile("rb") as f:
+        assert _reply(f).startswith(b"220")
+        sock.sendall(b"EHLO mta.example.org\r\n")
+        ehlo = [f.readline()]
+        while ehlo[-1][3:4] == b"-":
+            ehlo.append(f.readline())
+        assert b"250-PIPELINING\r\n" in ehlo
+        sock.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@example.net>\r\nRCPT TO:<nobody@example.net>\r\n"
+                     b"RCPT TO:<carol@example.net>\r\nDATA\r\n")
+        assert [_reply(f)[:3] for _ in range(5)] == [b"250", b"250", b"550", b"250", b"354"]
+        sock.sendall(HAM + b".\r\nQUIT\r\n")
+        assert _reply(f)[:3] == b"250" and _reply(f)[:3] == b"221"
+    [got] = down.wait_for(1)
+    assert got.rcpt_tos == ("bob@example.net", "carol@example.net") and got.content.endswith(HAM)
+
+
 def _reply(f: Any) -> bytes:
     """One SMTP reply, its last line (a multi-line reply's lines have a dash after the code)."""
     while (line := f.readline())[3:4] == b"-":

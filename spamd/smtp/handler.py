@@ -65,6 +65,10 @@ class ProxyHandler:
         # and an MTA set to use AUTH where offered would keep its mail queued on the failure.
         responses = [line for line in responses if not line.startswith("250-AUTH")]
         responses.insert(len(responses) - 1, "250-DSN")  # passed on (dsn.py)
+        # RFC 2920, as Postfix's smtpd and amavisd-new offer it: an MTA sends MAIL, its RCPTs and DATA
+        # in one go instead of waiting for each reply. aiosmtpd answers them in order from its
+        # buffer, each RCPT with the downstream's own reply (it never offered it: lock-step only).
+        responses.insert(len(responses) - 1, "250-PIPELINING")
         if xforward.authorized(session.peer, self.xforward_hosts):
             responses.insert(len(responses) - 1, "250-" + xforward.EHLO_LINE)
         return responses

@@ -34,6 +34,14 @@ def writer(engine: Engine, tmp_path: Path, **kw: float) -> ScoreLogWriter:
     return ScoreLogWriter(engine, Spool(tmp_path / "spool"), **{"flush_interval": 0.05, "batch_size": 50, **kw})
 
 
+def flushed(w: ScoreLogWriter, rows: int) -> ScoreLogWriter:
+    """`w` after `rows` rows were submitted and flushed (to the database, or the spool)."""
+    for n in range(rows):
+        w.submit(log_row(n))
+    w.flush()
+    return w
+
+
 def test_rows_reach_the_database_in_the_background(engine: Engine, tmp_path: Path) -> None:
     w = writer(engine, tmp_path).start()
     for n in range(120):
@@ -60,10 +68,7 @@ def test_rows_are_spooled_while_the_database_is_away_and_replayed_when_it_is_bac
         absent_db: tuple[str, Callable[[], None]], tmp_path: Path) -> None:
     url, make_it = absent_db
     engine = make_engine(url)
-    w = writer(engine, tmp_path, retry_after=0.0)
-    for n in range(75):
-        w.submit(log_row(n))
-    w.flush()
+    w = flushed(writer(engine, tmp_path, retry_after=0.0), 75)
     assert (w.written, w.spooled, w.pending) == (0, 75, 0)
     assert len((tmp_path / "spool").read_text().splitlines()) == 75
     make_it()
@@ -119,10 +124,7 @@ def test_rows_are_spooled_while_postgresql_is_read_only(pg_server: PgServer, tmp
     with pg_server.admin.connect() as conn:
         conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
     engine = make_engine(url)
-    w = writer(engine, tmp_path, retry_after=0.0)
-    for n in range(5):
-        w.submit(log_row(n))
-    w.flush()
+    w = flushed(writer(engine, tmp_path, retry_after=0.0), 5)
     assert (w.written, w.spooled, w.dropped) == (0, 5, 0)
     with pg_server.admin.connect() as conn:
         conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off'))

@@ -37,6 +37,9 @@ DOWN = (OperationalError, InterfaceError, ProgrammingError, PoolTimeout)
 # failing over), a connection lost (08), a transaction to retry (40), a full disk or too many
 # connections (53), a shutdown (57), an I/O error (58).
 SERVER_STATES = ("25006", "08", "40", "53", "57", "58")
+# A backlog is written several INSERTs of batch_size rows to a commit: each commit rewrites
+# every index page it touched, so fewer commits keep up with bursts on a big table.
+BATCHES_PER_COMMIT = 10
 
 
 class Down(Exception):
@@ -49,9 +52,6 @@ def database_away(exc: BaseException) -> bool:
         return True
     state = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return isinstance(state, str) and state.startswith(SERVER_STATES)
-# A backlog is written several INSERTs of batch_size rows to a commit: each commit rewrites
-# every index page it touched, so fewer commits keep up with bursts on a big table.
-BATCHES_PER_COMMIT = 10
 
 
 class ScoreLogWriter:
@@ -109,7 +109,7 @@ class ScoreLogWriter:
             try:
                 self.flush()
             except Exception:  # noqa: BLE001 - the writer must outlive any one failure, or every row after it is lost
-                log.exception("score-log writer: a flush failed; the rows it held stay queued or spooled")
+                log.exception("score-log writer: a flush failed; the writer goes on")
 
     def flush(self) -> None:
         """Write every queued row now: to the database if it answers, else to the spool."""

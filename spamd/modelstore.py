@@ -175,8 +175,11 @@ def load(models_dir: Path, version: str) -> ModelSet:
         raise ModelError(f"model version {version}: its manifest's network arguments do not fit: {exc}") from exc
     for name, net in zip(WEIGHT_FILES, (cnn, rnn), strict=False):
         path = models_dir / version / name
-        state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
-        net.load_state_dict(state)
+        try:
+            state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+            net.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError) as exc:  # weights that do not fit the manifest's networks
+            raise ModelError(f"model version {version}: {name} does not load: {exc}") from exc
         net.eval()
     return ModelSet(manifest=manifest, cnn=cnn, rnn=rnn)
 

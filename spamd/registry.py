@@ -181,7 +181,7 @@ class ModelWatcher:
     """
 
     def __init__(self, url: str, models_dir: Path, interval: float, current: str | None,
-                 on_change: Callable[[str], Awaitable[None]], sweep: bool = False) -> None:
+                 on_change: Callable[[str], Awaitable[str | None]], sweep: bool = False) -> None:
         self.url, self.models_dir, self.interval = url, models_dir, interval
         self.current, self.on_change, self.sweep = current, on_change, sweep
         self.engine = make_engine(url)
@@ -201,20 +201,27 @@ class ModelWatcher:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                await self.poll()
+                try:
+                    await self.poll()
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one poll, or the daemon never follows again
+                    log.exception("model watcher: a poll failed; trying again in %.0f s", self.interval)
         finally:
             self.engine.dispose()
 
     async def poll(self) -> None:
+        """Reload when another version is active; `current` moves only once `on_change` says that
+        version is in use, so a reload that failed (or fell back to another version) is tried again."""
         try:
             version = await asyncio.to_thread(self.check)
-        except (SQLAlchemyError, ModelError) as exc:
+        except (SQLAlchemyError, ModelError, OSError) as exc:
             log.warning("model watcher: %s", unreachable(self.url, exc) if isinstance(exc, SQLAlchemyError) else exc)
             return
         if version is not None and version != self.current:
             log.warning("model version %s is now active (was %s): reloading", version, self.current)
+            if await self.on_change(version) != version:
+                log.error("model watcher: version %s is not in use yet; trying again in %.0f s", version, self.interval)
+                return
             self.current = version
-            await self.on_change(version)
             if self.sweep:
                 await asyncio.to_thread(self.remove_pruned)
 

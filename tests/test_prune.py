@@ -217,8 +217,9 @@ def test_a_serving_hosts_watcher_removes_its_copies_of_pruned_versions(
     prune.prune(engine, models_dir, keep=1)
     changes: list[str] = []
 
-    async def on_change(version: str) -> None:
+    async def on_change(version: str) -> str:
         changes.append(version)
+        return version
 
     watcher = registry.ModelWatcher(db_url, serving, 0.05, D, on_change, sweep=True)
     try:

@@ -110,8 +110,9 @@ def test_the_watcher_reports_a_newly_active_version(engine: Engine, retrain_db: 
     starter = registry.resolve_active(retrain_db, models_dir)
     seen: list[str] = []
 
-    async def on_change(version: str) -> None:
+    async def on_change(version: str) -> str | None:
         seen.append(version)
+        return version if len(seen) > 1 else starter  # the first reload fails: the daemon keeps the starter
 
     watcher = registry.ModelWatcher(retrain_db, models_dir, 0.05, starter, on_change)
     asyncio.run(watcher.poll())
@@ -120,9 +121,11 @@ def test_the_watcher_reports_a_newly_active_version(engine: Engine, retrain_db: 
     with Session(engine) as s, s.begin():
         registry.activate(s, models_dir, v2)
     asyncio.run(watcher.poll())
+    assert watcher.current == starter  # it used to move on as if the reload had worked, and never retried
+    asyncio.run(watcher.poll())
     asyncio.run(watcher.poll())
     watcher.engine.dispose()
-    assert seen == [v2]
+    assert seen == [v2, v2] and watcher.current == v2
 
 
 def test_on_sqlite_a_locked_registry_is_locked_against_another_writer(tmp_path: Path, models_dir: Path) -> None:
@@ -145,3 +148,33 @@ def test_on_sqlite_a_locked_registry_is_locked_against_another_writer(tmp_path: 
     finally:
         pruner.dispose()
         activator.dispose()
+
+
+def test_the_watcher_outlives_a_failed_poll(engine: Engine, retrain_db: str, models_dir: Path,
+                                            tiny_trained: TrainedTiny) -> None:
+    # Its task had no guard: one exception (a reload that raised, a full disk while rebuilding a
+    # version) ended it, unseen, and the daemon never followed the registry again.
+    starter = registry.resolve_active(retrain_db, models_dir)
+    v2 = new_version(models_dir, tiny_trained.load(), "29990101T000000Z")
+    with Session(engine) as s, s.begin():
+        registry.activate(s, models_dir, v2)
+    calls: list[str] = []
+
+    async def on_change(version: str) -> str:
+        calls.append(version)
+        if len(calls) == 1:
+            raise RuntimeError("a reload that blew up")
+        return version
+
+    watcher = registry.ModelWatcher(retrain_db, models_dir, 0.02, starter, on_change)
+
+    async def watch_briefly() -> None:
+        task = asyncio.ensure_future(watcher.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if watcher.current == v2:
+                break
+        task.cancel()
+
+    asyncio.run(watch_briefly())
+    assert calls == [v2, v2] and watcher.current == v2

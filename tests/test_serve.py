@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from spamd import modelstore
 from spamd.config import Config
 from spamd.smtp.server import needs_restart
 from tests.fixtures_models import TrainedTiny
 from tests.fixtures_smtp import CaptureServer, proxy_config, send
+
+REPO = Path(__file__).resolve().parents[1]
 
 HAM = b"Subject: notes\r\nFrom: Dan <dan@example.org>\r\nMessage-ID: <n%d@example.org>\r\n\r\nSee attached.\r\n"
 
@@ -161,6 +166,67 @@ def test_a_reload_applies_the_batch_settings(tiny_trained: TrainedTiny, tmp_path
     p.call(p.daemon.reload(replace(cfg, scoring=replace(cfg.scoring, batch_max=4, batch_wait_ms=3.0))))
     assert (p.daemon.batcher.max_batch, p.daemon.batcher.wait_s) == (4, 0.003)
     send(p.port, HAM % 9)
+    assert len(down.wait_for(1)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sighup_while_spamd_starts_is_a_reload_once_it_is_up(workers: int, tiny_trained: TrainedTiny,
+                                                              tmp_path: Path, capture):
+    # SIGHUP's default action ends a process, and spamd set its own handler only once its models were
+    # loaded: a `systemctl reload` just after a start killed it (with 2 workers, the supervisor then
+    # stopped the whole daemon as one that "could not start").
+    down = capture()
+    port = free_port()
+    config = write_config(tmp_path, tiny_trained.models_dir, down, port, workers=workers)
+    proc = subprocess.Popen([sys.executable, "-m", "spamd", "-v", "serve", "--config", str(config)],
+                            cwd=config.parent, stderr=subprocess.PIPE)
+    try:
+        for delay in (0.8, 0.8, 0.8):  # while the supervisor, then the workers, import torch and load models
+            time.sleep(delay)
+            proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                assert send(port, HAM % 11) == {}
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert len(down.wait_for(1)) == 1
+        time.sleep(1.0)  # each worker's deferred reload
+        code, err = stop(proc)
+    finally:
+        proc.kill()
+    assert code == 0, err
+    assert "reloaded: model" in err and "could not start" not in err
+
+
+def test_reloads_run_one_at_a_time_and_the_later_one_stands(tiny_trained: TrainedTiny, tmp_path: Path, capture,
+                                                            proxy):
+    # The model watcher's reload (here loading the full-size starter, slowly) and a SIGHUP's (the tiny
+    # active version, with a new subject tag) used to run side by side, and the one that finished
+    # last won: the watcher's, with the config from before the SIGHUP, undid the new tag.
+    models_dir = tmp_path / "models"
+    shutil.copytree(tiny_trained.models_dir, models_dir)
+    starter = modelstore.active_version(REPO / "models")
+    shutil.copytree(REPO / "models" / starter, models_dir / starter)
+    down = capture()
+    cfg = proxy_config(models_dir, down.url, tmp_path)
+    p = proxy(cfg)
+    tagged = replace(cfg, scoring=replace(cfg.scoring, subject_tag="[SPAM] "))
+
+    async def watcher_then_sighup() -> list[str | None]:
+        slow = asyncio.ensure_future(p.daemon.reload(version=starter))
+        await asyncio.sleep(0.05)  # the starter's weights are loading
+        return list(await asyncio.gather(slow, p.daemon.reload(tagged)))
+
+    assert p.call(watcher_then_sighup()) == [starter, tiny_trained.version]
+    assert p.daemon.handler.policy.subject_tag == "[SPAM] " and p.daemon.cfg == tagged
+    # A reload whose models cannot load changes nothing, settings included.
+    assert p.call(p.daemon.reload(cfg, version="29990101T000000Z")) == tiny_trained.version
+    assert p.daemon.handler.policy.subject_tag == "[SPAM] " and p.daemon.cfg == tagged
+    send(p.port, HAM % 10)
     assert len(down.wait_for(1)) == 1
 
 

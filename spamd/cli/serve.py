@@ -20,6 +20,9 @@ from spamd.cli import config_option, get_config
 @click.pass_context
 def command(ctx: click.Context, listen: str | None, workers: int | None, delivery: str | None) -> None:
     """Accept mail over SMTP, score it, tag/reject it and pass it on to the configured downstream."""
+    from spamd.smtp import hup
+
+    hup.defer()  # before torch loads: a SIGHUP meanwhile is a reload once spamd is up, not its end
     from spamd.retrain.scheduler import in_daemon
     from spamd.smtp.workers import serve  # torch and aiosmtpd load only for this command
 

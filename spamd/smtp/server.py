@@ -13,18 +13,18 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import torch
 
 from spamd.cli.common import load_active
 from spamd.config import Config, load_config
-from spamd.errors import ConfigError, ModelError, SpamdError
+from spamd.errors import ConfigError, ModelError, SpamdError, StoreError
 from spamd.modelstore import ModelSet
 from spamd.registry import ModelWatcher
 from spamd.scorelog import ScoreLogSink
 from spamd.scorer import Scorer, ScoringPolicy
-from spamd.smtp import replies, xforward
+from spamd.smtp import hup, replies, xforward
 from spamd.smtp.actions import ActionPolicy
 from spamd.smtp.batcher import Batcher
 from spamd.smtp.forward import Downstream, open_downstream
@@ -37,13 +37,14 @@ log = logging.getLogger("spamd.smtp")
 QUIT_GRACE = 1.0  # seconds a drained daemon waits for clients to QUIT before it answers 421
 
 
-def load_models(cfg: Config) -> ModelSet | None:
-    """The active models (the one place that loads them); None, logged, when there are none usable."""
+def load_models(cfg: Config, version: str | None = None) -> ModelSet | None:
+    """The active models, or `version` (the one place that loads them); None, logged, when there
+    are none usable."""
     if not cfg.scoring.enabled:
         return None
     try:
-        return load_active(cfg)
-    except ModelError as exc:
+        return load_active(cfg, version)
+    except (ModelError, StoreError) as exc:
         logging.getLogger("spamd.score").error("no usable model, every message passes as Unknown: %s", exc)
         return None
 
@@ -137,6 +138,7 @@ class Daemon:
     connections: Connections
     server: asyncio.Server
     frozen_heap: bool = False  # set by a worker that froze its heap at start: reloads freeze it again
+    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
 
     @classmethod
     async def start(cls, cfg: Config, sink: ScoreLogSink, models: ModelSet | None,
@@ -196,20 +198,32 @@ class Daemon:
         await self.handler.drained()
         await self.connections.quiet()
 
-    async def reload(self, cfg: Config) -> None:
-        """New [scoring] settings and models; the rest needs a restart (`needs_restart`)."""
-        models = await asyncio.to_thread(load_models, cfg)
-        if models is None and cfg.scoring.enabled:
-            log.error("reload: keeping the models in use")
-        else:
+    async def reload(self, cfg: Config | None = None, version: str | None = None) -> str | None:
+        """New [scoring] settings (`cfg`; None: those in use) and models (`version`; None: the active
+        one), all or nothing; the rest of a config needs a restart (`needs_restart`). Reloads run
+        one at a time, each from what the one before left (a SIGHUP's and the model watcher's once
+        overlapped, and the one that finished last undid the other). Returns the version in use."""
+        async with self.reloading:
+            cfg = cfg or self.cfg
+            models = await asyncio.to_thread(load_models, cfg, version)
+            if models is None and cfg.scoring.enabled:
+                log.error("reload failed: keeping the settings and models in use")
+                return self.version
             self.batcher.scorer = make_scorer(cfg, models)
             if self.frozen_heap:
                 freeze_heap()  # one full collection: frees the replaced models, freezes the new ones
-        self.handler.policy = ActionPolicy.from_config(cfg.scoring)
-        self.handler.scoring_timeout = cfg.scoring.timeout
-        self.batcher.configure(cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
-        self.cfg = cfg
-        log.warning("reloaded: model %s", models.version if models else "unchanged")
+            self.handler.policy = ActionPolicy.from_config(cfg.scoring)
+            self.handler.scoring_timeout = cfg.scoring.timeout
+            self.batcher.configure(cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
+            self.cfg = cfg
+            log.warning("reloaded: model %s", models.version if models else "none (scoring is off)")
+            return self.version
+
+    @property
+    def version(self) -> str | None:
+        """The model version scoring now (None: none)."""
+        models = getattr(self.batcher.scorer, "models", None)
+        return models.version if models is not None else None
 
 
 def needs_restart(running: Config, loaded: Config) -> list[str]:
@@ -257,6 +271,8 @@ async def _main(cfg: Config, config_path: str | None,
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, config_path, started_from)))
+        if hup.take():  # one came while starting
+            loop.create_task(_reload(daemon, config_path, started_from))
         await stop.wait()
         watcher.cancel()
         log.warning("stopping: draining messages in flight")
@@ -269,7 +285,7 @@ def watch_models(daemon: Daemon, models: ModelSet | None) -> ModelWatcher:
     """Polls the model registry; a newly promoted version is loaded as SIGHUP loads one."""
     cfg = daemon.cfg
     return ModelWatcher(cfg.database_url, cfg.models_dir, cfg.training.poll_interval,
-                        models.version if models else None, lambda _version: daemon.reload(daemon.cfg),
+                        models.version if models else None, lambda version: daemon.reload(version=version),
                         sweep=bool(cfg.training.keep_versions))
 
 

@@ -26,7 +26,7 @@ from types import FrameType
 
 from spamd.config import Config
 from spamd.errors import SpamdError
-from spamd.smtp import server
+from spamd.smtp import hup, server
 from spamd.smtp.sinks import check_store, sql_sink
 from spamd.threadnames import name_thread
 
@@ -62,6 +62,8 @@ class Supervisor:
             signal.signal(sig, self.on_signal)
         for i in range(self.cfg.smtp.workers):
             self.start(i)
+        if hup.take():  # it came before the handler above (hup.py): the workers reload once up
+            self.on_signal(signal.SIGHUP, None)
         while self.procs:
             for i, (p, started) in list(self.procs.items()):
                 p.join(0.2)
@@ -74,8 +76,16 @@ class Supervisor:
     def start(self, i: int) -> None:
         args = (self.cfg, self.config_path, self.log_level, i)
         p = self.ctx.Process(target=_worker, args=args, name=f"spamd-worker-{i}")
-        p.start()
+        # The worker starts with SIGHUP blocked (the mask outlives exec), so one sent while Python
+        # and torch load waits for `_worker` to remember it instead of ending the worker.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.procs[i] = (p, time.monotonic())
+        if self.stopping and p.pid is not None:  # a SIGTERM that came while it was being started
+            os.kill(p.pid, signal.SIGTERM)
 
     def exited(self, i: int, p: BaseProcess, started: float) -> None:
         if self.stopping:
@@ -107,6 +117,8 @@ def pin(worker: int) -> int | None:
 
 
 def _worker(cfg: Config, config_path: str | None, log_level: int, worker: int) -> None:
+    hup.defer()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (blocked by Supervisor.start)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     logging.getLogger("mail.log").setLevel(max(log_level, logging.WARNING))
     name_thread(f"spamd-worker-{worker}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import gc
+import html
 import re
 import time
 import zlib
@@ -18,8 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spamd.features import TokenizerConfig, token_ids, tokens
-from spamd.mail.headers import as_learned, fingerprint, prepend_headers, split_header_block, strip_spam_headers
-from spamd.mail.html import _HREF
+from spamd.mail.headers import (
+    as_learned,
+    fingerprint,
+    header_fields,
+    prepend_headers,
+    split_header_block,
+    strip_spam_headers,
+)
+from spamd.mail.html import _HREF, html_to_text, tags_by_segment
 from spamd.mail.parse import _URL, MAX_LINK_DOMAINS, _message, parse
 
 DATA = Path(__file__).parent / "data"
@@ -309,3 +317,94 @@ def test_large_single_part_shortcut_builds_the_stdlib_tree(raw: bytes) -> None:
        st.sampled_from([b"\r\n", b"\n"]))
 def test_any_line_mix_parses_to_the_stdlib_tree(lines: list[bytes], eol: bytes) -> None:
     _same_tree(eol.join(lines) + eol)
+
+
+# Hostile MIME: each of these made `parse` raise (the message then passed unscored, as Unknown) or
+# kept the scoring thread busy for seconds (every message queued behind it timed out). Their
+# timings are `python -m bench.hostile`'s; here, what spamd reads of them.
+def _nested_multipart(depth: int, lines: int) -> bytes:
+    head = b"From: a@example.org\nSubject: nested\nContent-Type: multipart/mixed; boundary=b0\n\n"
+    opens = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1) for i in range(depth))
+    return head + opens + b"--b%d\n\n" % depth + b"cheap pills\n" + b"x\n" * lines
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: a@example.org\nSubject: deep\n" + b"Content-Type: message/rfc822\n\n" * 2000 + b"\ncheap pills\n",
+    _nested_multipart(2000, 0),  # both a RecursionError in the stdlib's parser
+    _nested_multipart(700, 100_000),  # 5.2 s: every line tested against 700 boundaries
+    b"From: a@example.org\nContent-Type: multipart/mixed; boundary=b\n\n" + b"--b\n\n" * 100_000
+    + b"--b\n\ncheap pills\n--b--\n",  # 100,000 empty parts: 0.8 s
+], ids=["message-rfc822-2000-deep", "multipart-2000-deep", "multipart-700-deep-100k-lines", "100k-empty-parts"])
+def test_more_mime_structure_than_mail_has_is_read_flat(raw: bytes) -> None:
+    mail = parse(raw)
+    assert mail.content_types == () and "cheap pills" in mail.text  # its text is still scored
+    assert mail.headers[0] == ("From", "a@example.org")
+
+
+@pytest.mark.parametrize("where", ["top", "part"])
+def test_a_broken_rfc2231_filename_names_a_file_and_raises_nothing(where: str) -> None:
+    # The stdlib's get_filename raised on it (its charset is not one: a LookupError it does not catch).
+    field = b"Content-Type: text/html; name*=idna''x\n"
+    if where == "top":
+        raw = b"From: a@example.org\n" + field + b"\n<p>cheap pills</p>\n"
+    else:
+        raw = (b"From: a@example.org\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\ncheap pills\n--b\n"
+               + field + b"\n<p>hidden</p>\n--b--\n")
+    mail = parse(raw)
+    assert mail.attachments == 1 and "text/html" in mail.content_types
+
+
+def test_a_part_header_too_long_for_the_stdlibs_parameter_parser_is_read_by_its_start() -> None:
+    # An unbalanced quote with 120,000 ';' after it: 7.4 s in the stdlib's parameter parser.
+    raw = (b"From: a@example.org\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\ncheap pills\n--b\n"
+           b'Content-Type: text/plain; name="' + b";" * 120_000 + b"\n\nhidden\n--b--\n")
+    mail = parse(raw)
+    assert mail.attachments == 1 and "cheap pills" in mail.text
+
+
+def test_a_charset_no_mail_is_written_in_is_read_as_an_unknown_one() -> None:
+    # punycode is a pure-Python, quadratic codec (2.8 s for three parts of 128 kB), and read plain
+    # text as something else entirely.
+    raw = b"From: a@example.org\nContent-Type: text/plain; charset=punycode\n\nbuy cheap pills now\n"
+    assert parse(raw).text.strip() == "buy cheap pills now"
+
+
+HTML_BITS = ["<!--", "-->", "<!-->", "<script>", "</script>", "</SCRIPT >", "<title>", "</title>", "<TiTlE>",
+             "<style x=1>", "</style>", "<head>", "</head>", "<scripts>", "<p", "< div class=a>", "<h1>", "<br/>",
+             ">", "<", "<a href=x>", "</a>", "&amp;", "text", " ", "\n"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(HTML_BITS), max_size=14))
+def test_html_to_text_reads_what_its_regular_expressions_read(bits: list[str]) -> None:
+    # html_to_text was made linear in time (it was quadratic on unclosed comments, block tags and
+    # invisible elements); the text it gives must stay what the models were trained on.
+    markup = "".join(bits)
+    text = re.sub(r"<!--.*?-->", " ", markup, flags=re.DOTALL)
+    text = re.sub(r"<(script|style|head|title)\b.*?</\1\s*>", " ", text, flags=re.IGNORECASE | re.DOTALL)
+    text = re.sub(r"<\s*(br|p|div|tr|li|h\d)\b[^>]*>", "\n", text, flags=re.IGNORECASE)
+    text = re.sub(r"<[^>]{0,2000}>", " ", text)
+    assert html_to_text(markup) == html.unescape(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="<>a ", max_size=30), st.integers(min_value=0, max_value=5))
+def test_tags_by_segment_removes_what_the_tag_expression_removes(text: str, limit: int) -> None:
+    # The linear way html_to_text takes where a "<" is not closed soon after (the expression's own
+    # way reads `limit` characters after each such "<").
+    assert tags_by_segment(text, limit) == re.sub(rf"<[^>]{{0,{limit}}}>", " ", text)
+
+
+HEADER_BITS = [b"X-Spam-Flag: YES", b"x-spam-status: no", b"Subject: hi", b" cont", b"\tcont", b"X-Spam-",
+               b"From: a", b"", b"X-SPAM-Z: q"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(HEADER_BITS), st.sampled_from([b"\n", b"\r\n", b"\r", b""])), max_size=9))
+def test_strip_spam_headers_removes_the_fields_header_fields_finds(lines: list[tuple[bytes, bytes]]) -> None:
+    # One regular expression now (it split the block into fields in Python, quadratic in a field's lines).
+    raw = b"".join(text + end for text, end in lines)
+    block, rest = split_header_block(raw)
+    expected = raw if not re.search(rb"x-spam-", block, re.IGNORECASE) else b"".join(
+        f for f in header_fields(block) if not f.lower().startswith(b"x-spam-")) + rest
+    assert strip_spam_headers(raw) == expected

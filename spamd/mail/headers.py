@@ -10,6 +10,10 @@ import hashlib
 import re
 
 _SPAM_HEADER = re.compile(rb"x-spam-", re.IGNORECASE)
+_LINE_END = rb"(?:\r\n|\r|\n|\Z)"
+# An X-Spam-* field and its continuation lines, from the start of a line (see `header_fields`).
+_SPAM_FIELD = re.compile(rb"(?:(?<=[\r\n])|\A)x-spam-[^\r\n]*" + _LINE_END + rb"(?:[ \t][^\r\n]*" + _LINE_END + rb")*",
+                         re.IGNORECASE)
 SPAM_ID = re.compile(rb"^x-spam-id:[ \t]*([0-9a-f]{20})\b", re.IGNORECASE | re.MULTILINE)  # spamd's score-log id
 _SPAM_FLAG_YES = re.compile(rb"x-spam-flag:[ \t]*yes\b", re.IGNORECASE)
 _SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
@@ -29,23 +33,28 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
 
 
 def header_fields(block: bytes) -> list[bytes]:
-    """Split a header block into logical fields, each with its continuation lines."""
-    fields: list[bytes] = []
+    """Split a header block into logical fields, each with its continuation lines (a line break
+    is CRLF, CR or LF, as `bytes.splitlines` reads them). Linear in the block's size: adding each
+    continuation line to its field's bytes was quadratic (seconds on a header of a megabyte)."""
+    fields: list[list[bytes]] = []
     for line in block.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
+            fields[-1].append(line)
         else:
-            fields.append(line)
-    return fields
+            fields.append([line])
+    return [b"".join(f) for f in fields]
 
 
 def strip_spam_headers(raw: bytes) -> bytes:
-    """Remove every X-Spam-* field, ours or forged by a sender, leaving the rest byte-identical."""
+    """Remove every X-Spam-* field, ours or forged by a sender, leaving the rest byte-identical.
+
+    One regular expression over the header block, which the event loop runs for every message:
+    a field is a line that begins "X-Spam-", with the lines after it that begin with a space or
+    a tab, as `header_fields` splits them."""
     block, rest = split_header_block(raw)
     if not _SPAM_HEADER.search(block):
         return raw
-    kept = [f for f in header_fields(block) if not _SPAM_HEADER.match(f)]
-    return b"".join(kept) + rest
+    return _SPAM_FIELD.sub(b"", block) + rest
 
 
 def as_scored(raw: bytes, subject_tag: str = "") -> bytes:

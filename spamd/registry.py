@@ -160,7 +160,9 @@ def active_in_database(url: str, models_dir: Path) -> str | None:
     """The registry's active version when the store exists (None: use models/ACTIVE).
 
     A SQLite file that does not exist yet is no registry: scoring a file must not create one.
-    An unreachable database is logged, and models/ACTIVE serves meanwhile.
+    An unreachable database is logged, and models/ACTIVE serves meanwhile; so does an active
+    version that this host lacks and cannot rebuild from the database (rather than no model at
+    all, which passes every message unscored; the model watcher keeps trying).
     """
     path = sqlite_path(url)
     if path is not None and not path.exists():
@@ -169,6 +171,10 @@ def active_in_database(url: str, models_dir: Path) -> str | None:
         return resolve_active(url, models_dir)
     except StoreError as exc:
         log.warning("registry unavailable, using %s: %s", models_dir / modelstore.ACTIVE, exc)
+        return None
+    except ModelError as exc:  # its files are not here and cannot be rebuilt: the last one this host had serves
+        log.error("the registry's active version cannot be used here, using %s: %s", models_dir / modelstore.ACTIVE,
+                  exc)
         return None
 
 

@@ -13,12 +13,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from spamd import modelstore, registry
+from spamd.cli.common import load_active
 from spamd.db import migrate
 from spamd.db import registry as repo
 from spamd.db.engine import make_engine
 from spamd.db.schema import ModelFile
 from spamd.errors import ModelError, ModelIntegrityError, ModelNotFound
 from tests.fixtures_models import TrainedTiny, new_version
+from tests.fixtures_retrain import retrain_config
 
 
 @pytest.fixture
@@ -103,6 +105,11 @@ def test_a_node_without_the_files_rebuilds_them_from_the_database(engine: Engine
     with pytest.raises(ModelIntegrityError):
         registry.resolve_active(retrain_db, other)
     assert not (other / v2).exists() and not list(other.glob(".tmp-*"))
+    # Starting there, spamd serves the last version the host had rather than no model at all (which
+    # passed every message unscored).
+    (other / modelstore.ACTIVE).write_text(tiny_trained.version + "\n")  # what the host served before v2
+    assert registry.active_in_database(retrain_db, other) is None
+    assert load_active(retrain_config(retrain_db, other, tmp_path)).version == tiny_trained.version
 
 
 def test_the_watcher_reports_a_newly_active_version(engine: Engine, retrain_db: str, models_dir: Path,

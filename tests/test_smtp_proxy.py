@@ -89,6 +89,18 @@ def test_forged_spam_headers_are_stripped(tiny_trained: TrainedTiny, tmp_path: P
     assert b"score=0.0\r\n" not in content and b" 0.0000\r\n" not in content
 
 
+def test_a_forged_header_continued_over_megabytes_is_stripped_and_the_message_scored(
+        tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # Removing it took the event loop 7 s (quadratic); now linear, and off the loop for a message this large.
+    down = capture()
+    p = proxy(proxy_config(tiny_trained.models_dir, down.url, tmp_path))
+    raw = b"Subject: cheap pills\r\nX-Spam-Flag: NO\r\n" + b" a\r\n" * 400_000 + b"From: a@b.c\r\n\r\nbody\r\n"
+    send(p.port, raw)
+    content = down.wait_for(1)[0].content
+    assert content.endswith(b"Subject: cheap pills\r\nFrom: a@b.c\r\n\r\nbody\r\n")
+    assert _headers(content)["X-Spam-Status"].split(",")[0] in ("Yes", "No")
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "malformed").glob("*.eml")))
 def test_malformed_mail_passes_with_a_verdict(name: str, tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
     down = capture()

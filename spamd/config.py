@@ -141,10 +141,49 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from exc
     cfg = _build(Config, data, "")
-    days = cfg.logs.retention_days
-    if days is not None and days < 0:
-        raise ConfigError(f"logs.retention_days has a bad value {days} (expected days, or 0: keep all)")
+    check(cfg)
     return replace(cfg, base_dir=p.resolve().parent)
+
+
+# Settings that load as numbers but cannot work outside a range: each used to be taken, and then,
+# for example, reject_threshold = 0 refused every message as spam, [scoring] timeout = 0 passed
+# every message unscored, [logs] batch_size = 0 wrote no score-log row.
+_POSITIVE = ("smtp.max_message_size", "smtp.max_connections", "smtp.max_recipients", "smtp.max_line_length",
+             "smtp.idle_timeout", "smtp.workers", "delivery.timeout", "delivery.pool_size", "scoring.timeout",
+             "scoring.threads", "scoring.batch_max", "logs.flush_interval", "logs.batch_size",
+             "training.poll_interval", "training.epochs", "training.threads", "training.lock_stale_after")
+_NOT_NEGATIVE = ("smtp.drain_timeout", "scoring.batch_wait_ms", "logs.retention_days", "training.min_new_labels",
+                 "training.gate_auc_tolerance", "training.gate_fpr_tolerance", "training.gate_min_holdout",
+                 "training.keep_versions")
+_UNIT = ("scoring.spam_threshold", "scoring.reject_threshold")
+
+
+def check(cfg: Config) -> None:
+    """ConfigError for a setting outside the range where it can work."""
+    def value(key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    for key in _POSITIVE:
+        if value(key) <= 0:
+            raise ConfigError(f"{key} has a bad value {value(key)!r} (expected more than 0)")
+    for key in _NOT_NEGATIVE:
+        if value(key) is not None and value(key) < 0:
+            raise ConfigError(f"{key} has a bad value {value(key)!r} (expected 0 or more)")
+    for key in _UNIT:
+        if value(key) is not None and not 0 < value(key) <= 1:
+            raise ConfigError(f"{key} has a bad value {value(key)!r} (expected more than 0 and at most 1"
+                              + (", or false: off)" if "threshold" in key else ")"))
+    if not 0 < cfg.training.holdout_fraction < 1:
+        raise ConfigError(f"training.holdout_fraction has a bad value {cfg.training.holdout_fraction!r} "
+                          "(expected more than 0 and less than 1)")
+    low, high = cfg.scoring.uncertain_band
+    if not 0 <= low <= high <= 1:
+        raise ConfigError(f"scoring.uncertain_band has a bad value [{low}, {high}] (expected [low, high] in 0..1)")
+    backend = cfg.database.url.partition(":")[0].partition("+")[0]
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"database.url {cfg.database.url!r}: spamd stores in sqlite:///PATH or "
+                          "postgresql+psycopg://user@host/db")
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -127,7 +127,7 @@ def test_serve_logs_to_sql_and_sighup_reloads_config(tiny_trained: TrainedTiny, 
     proc = start_serve(config, port)
     try:
         send(port, HAM % 1)
-        write_config(tmp_path, tiny_trained.models_dir, down, port, workers=1, spam_threshold="0.0")
+        write_config(tmp_path, tiny_trained.models_dir, down, port, workers=1, spam_threshold="1e-9")
         config.write_text(config.read_text().replace("drain_timeout = 20.0", "drain_timeout = 25.0"))
         os.kill(proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + 20

@@ -19,6 +19,7 @@ from spamd.errors import ConfigError
 from spamd.mail.headers import as_learned
 from spamd.scorer import Scorer, ScoringPolicy
 from spamd.smtp.actions import received_line, with_protocol
+from spamd.smtp.server import listen_socket
 from tests.fixtures_models import DATA, TrainedTiny, fixture_mail
 from tests.fixtures_smtp import past_received, proxy_config, send
 
@@ -454,6 +455,14 @@ def test_delivery_to_spamds_own_listener_stops_it_at_start(listen: str, host: st
     # the listening socket was given back: another spamd can take the port at once
     ok = replace(cfg, delivery=replace(cfg.delivery, url="maildir:Maildir"))
     assert proxy(ok, models=False).port == port
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "nonexistent.invalid:10025", "::1:10025", "127.0.0.1"])
+def test_a_listen_address_that_cannot_work_is_a_config_error(listen: str):
+    # 99999 was taken modulo 65536 (spamd listened where no MTA looked), a name that does not
+    # resolve and an IPv6 address without brackets were tracebacks.
+    with pytest.raises(ConfigError, match=r"\[smtp\] listen"):
+        listen_socket(listen)
 
 
 def test_delivery_to_another_address_on_the_same_port_is_delivered(tmp_path: Path, capture, proxy):

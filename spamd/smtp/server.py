@@ -75,10 +75,13 @@ def freeze_heap() -> None:
 def listen_socket(listen: str, reuse_port: bool = False) -> socket.socket:
     """A bound (not yet listening) TCP socket for "host:port" (IPv6 as "[::1]:port")."""
     host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"[smtp] listen {listen!r} must look like host:port")
-    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"[smtp] listen {listen!r} must look like host:port, port 0-65535 (IPv6: [::1]:port)")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]") or None, int(port),
+                                                          type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"[smtp] listen {listen!r}: no such address ({exc.strerror})") from exc
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:

@@ -62,6 +62,13 @@ def test_iso_times_and_other_filters(spamd: Spamd, logged: Engine) -> None:
     assert [json.loads(line)["message_id"] for line in out.splitlines()] == ["<new-spam@x>"]
 
 
+@pytest.mark.parametrize("pattern", ["B@Example.ORG", "b@EXAMPLE.*", "?@example.org"])
+def test_rcpt_matches_whatever_the_case_on_both_databases(pattern: str, spamd: Spamd, logged: Engine) -> None:
+    # SQLAlchemy dropped the regex's case flag on SQLite: there, B@Example.ORG found nothing.
+    out = spamd("logs", "--rcpt", pattern, "--format", "json").stdout
+    assert [json.loads(line)["message_id"] for line in out.splitlines()] == ["<new-spam@x>"]
+
+
 def test_bad_times_are_refused_clearly(spamd: Spamd) -> None:
     result = spamd("logs", "--since", "yesterday")
     assert result.exit_code == 2 and "neither a duration" in result.stderr

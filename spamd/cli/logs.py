@@ -28,8 +28,9 @@ COLUMNS = ("time", "id", "verdict", "score", "action", "sender", "recipients", "
 @click.option("--until", type=When(), help="Up to (not including) this time; same forms as --since.")
 @click.option("--verdict", type=click.Choice(["spam", "ham", "unknown"]))
 @click.option("--action", help="tagged, passed, rejected, tempfailed, failed-open ...")
-@click.option("--sender", help="Envelope sender; * and ? match as in a glob.")
-@click.option("--rcpt", help="A recipient matching this glob, e.g. '*@example.org'.")
+@click.option("--sender", help="Envelope sender, exactly as logged (case included, which keeps it on its index); "
+              "with * or ?, a glob, whatever the case.")
+@click.option("--rcpt", help="A recipient matching this glob, whatever the case, e.g. '*@example.org'.")
 @click.option("--min-score", type=float)
 @click.option("--max-score", type=float)
 @click.option("--long-context", is_flag=True, help="Only verdicts the RNN's long-range reading changed.")

@@ -111,8 +111,10 @@ def conditions(q: LogQuery) -> list[ColumnElement[bool]]:
 def rcpt_matches(glob: str) -> ColumnElement[bool]:
     """Some recipient matches `glob`. LIKE narrows cheaply; the regex keeps `*` inside one address."""
     padded = literal(",") + ScoreLog.recipients + literal(",")
-    regex = "," + "".join("[^,]*" if ch == "*" else "[^,]" if ch == "?" else re.escape(ch) for ch in glob) + ","
-    return and_(padded.ilike("%," + glob_to_like(glob) + ",%", escape="\\"), padded.regexp_match(regex, flags="i"))
+    # Case-insensitive by the leading (?i), which both databases read: SQLAlchemy drops `flags` on
+    # SQLite, where `--rcpt bob@example.com` missed Bob@Example.COM that PostgreSQL found.
+    regex = "(?i)," + "".join("[^,]*" if ch == "*" else "[^,]" if ch == "?" else re.escape(ch) for ch in glob) + ","
+    return and_(padded.ilike("%," + glob_to_like(glob) + ",%", escape="\\"), padded.regexp_match(regex))
 
 
 def glob_to_like(glob: str) -> str:

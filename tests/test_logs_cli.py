@@ -62,6 +62,22 @@ def test_iso_times_and_other_filters(spamd: Spamd, logged: Engine) -> None:
     assert [json.loads(line)["message_id"] for line in out.splitlines()] == ["<new-spam@x>"]
 
 
+def test_the_table_shows_no_control_character_a_sender_wrote(spamd: Spamd, engine: Engine) -> None:
+    # A Message-ID with an escape sequence in it reached the operator's terminal as it was.
+    with Session(engine) as s, s.begin():
+        scorelogs.insert_rows(s, [log_row(1, message_id="<\x1b[2Kx@example.org>", sender="a\x1b]0;t\x07@b.c")])
+    out = spamd("logs").stdout
+    assert "\x1b" not in out and "<?[2Kx@example.org>" in out and "a?]0;t?@b.c" in out
+
+
+def test_a_cut_short_listing_says_so(spamd: Spamd, logged: Engine) -> None:
+    # An export with the default --limit kept its first 100 rows and said nothing.
+    cut = spamd("logs", "--limit", "2", "--format", "csv")
+    assert len(list(csv.DictReader(io.StringIO(cut.stdout)))) == 2 and "more may match" in cut.stderr
+    whole = spamd("logs", "--limit", "0", "--format", "csv")
+    assert len(list(csv.DictReader(io.StringIO(whole.stdout)))) == 4 and "more may match" not in whole.stderr
+
+
 @pytest.mark.parametrize("pattern", ["B@Example.ORG", "b@EXAMPLE.*", "?@example.org"])
 def test_rcpt_matches_whatever_the_case_on_both_databases(pattern: str, spamd: Spamd, logged: Engine) -> None:
     # SQLAlchemy dropped the regex's case flag on SQLite: there, B@Example.ORG found nothing.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +20,7 @@ from spamd.db.scorelogs import LogQuery
 from spamd.db.store import opened, unreachable
 from spamd.scorelog import ScoreLogRow
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 COLUMNS = ("time", "id", "verdict", "score", "action", "sender", "recipients", "message_id", "model_version",
            "latency_ms", "long_context")
 
@@ -54,6 +56,9 @@ def command(ctx: click.Context, fmt: str, **filters: object) -> None:
         except SQLAlchemyError as exc:
             raise unreachable(url, exc) from exc
     {"table": print_table, "json": print_json, "csv": print_csv}[fmt](rows)
+    limit = filters.get("limit")
+    if isinstance(limit, int) and limit and len(rows) == limit:  # an export cut short must say so
+        click.echo(f"spamd: the newest {limit} rows shown; more may match (--limit 0: all)", err=True)
 
 
 @command.command("purge")
@@ -114,9 +119,16 @@ def print_table(rows: list[ScoreLogRow]) -> None:
         more = len(r.recipients) - 1
         rcpt = (r.recipients[0] if r.recipients else "") + (f" +{more}" if more > 0 else "")
         verdict = r.verdict + ("*" if r.long_context else "")
-        click.echo(f"{r.time:%Y-%m-%d %H:%M:%S} {r.id:20} {verdict:7} {score:>5} {r.action:11} {r.latency_ms:6.1f} "
-                   f"{_cut(r.sender, 28):28} {_cut(rcpt, 28):28} {_cut(r.model_version or '-', 16):16} {r.message_id}")
+        click.echo(f"{r.time:%Y-%m-%d %H:%M:%S} {r.id:20} {verdict:7} {score:>5} {_shown(r.action):11} "
+                   f"{r.latency_ms:6.1f} {_cut(_shown(r.sender), 28):28} {_cut(_shown(rcpt), 28):28} "
+                   f"{_cut(r.model_version or '-', 16):16} {_shown(r.message_id)}")
     click.echo(f"({len(rows)} rows; * = long-range context changed the verdict)")
+
+
+def _shown(text: str) -> str:
+    """Text a sender wrote (a Message-ID, an address), safe on a terminal: control characters
+    (an escape sequence could rewrite the operator's screen) are shown as "?"."""
+    return _CONTROL.sub("?", text)
 
 
 def _cut(text: str, width: int) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -17,7 +20,7 @@ from spamd.db.schema import Base, ModelVersion
 from spamd.db.scorelogs import LogQuery
 from spamd.db.store import open_store
 from spamd.errors import SchemaOutOfDate
-from tests.fixtures_db import log_row, write_config
+from tests.fixtures_db import PgServer, log_row, write_config
 
 
 def differences(url: str) -> list[object]:
@@ -133,3 +136,20 @@ def test_0004_keeps_the_score_logs_already_written(empty_db: Callable[[], str]) 
     with Session(engine) as s:
         assert [(r.message_id, r.queue_id) for r in scorelogs.find(s, LogQuery())] == [("<before-0004@x>", "")]
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_nodes_upgrading_one_postgresql_at_once_all_succeed(pg_server: PgServer, tmp_path: Path) -> None:
+    # deploy/spamd.service runs `spamd db upgrade` before every start, on every node: two at once
+    # failed with a duplicate key in pg_type. They now take turns.
+    url = pg_server.create(pg_server.new_database_url())
+    configs = [write_config(tmp_path / f"node{i}.toml", url) for i in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "spamd", "db", "upgrade", "--config", str(c)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in configs]
+    outcomes = [(p.wait(60), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    for p in procs:
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    assert differences(url) == []

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from spamd.db.engine import make_engine
 from spamd.errors import SchemaOutOfDate
@@ -49,10 +49,18 @@ def downgrade(url: str, revision: str) -> None:
     _run(url, command.downgrade, revision)
 
 
+# PostgreSQL: migrations run one at a time (a transaction-level advisory lock), so nodes that all run
+# `spamd db upgrade` before they start (deploy/spamd.service) wait for each other; two at once
+# failed with a duplicate key in pg_type. SQLite's DDL takes its write lock already.
+PG_MIGRATION_KEY = 0x5350414E  # "SPAN", beside the trainer lock's "SPAM"
+
+
 def _run(url: str, fn: object, revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_KEY})
             fn(alembic_config(conn), revision)  # type: ignore[operator]
     finally:
         engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import smtplib
@@ -18,7 +19,9 @@ from spamd.db import labels
 from spamd.errors import ConfigError
 from spamd.mail.headers import as_learned
 from spamd.scorer import Scorer, ScoringPolicy
+from spamd.smtp import maildir
 from spamd.smtp.actions import received_line, with_protocol
+from spamd.smtp.forward import open_downstream
 from spamd.smtp.server import listen_socket
 from tests.fixtures_models import DATA, TrainedTiny, fixture_mail
 from tests.fixtures_smtp import past_received, proxy_config, send
@@ -225,6 +228,34 @@ def test_received_header_false_leaves_the_trace_to_the_mtas(tiny_trained: Traine
     p = proxy(replace(cfg, smtp=replace(cfg.smtp, received_header=False)))
     send(p.port, crlf(fixture_mail("train", "ham")[0]))
     assert down.wait_for(1)[0].content.startswith(b"X-Spam-Flag: ")
+
+
+def test_a_full_disk_under_the_maildir_is_452_insufficient_storage(tmp_path: Path, proxy, monkeypatch):
+    # It was "451 4.4.1 Downstream mail server unavailable". (A full disk is the one fake here: it
+    # cannot be made real without mounting a filesystem.)
+    p = proxy(proxy_config(tmp_path / "no-models", "maildir:Maildir", tmp_path, enabled=False), models=False)
+
+    def full(root: Path, message: bytes) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(maildir, "deliver", full)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(p.port, crlf(fixture_mail("train", "ham")[0]))
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
+    monkeypatch.undo()
+    assert send(p.port, crlf(fixture_mail("train", "ham")[0])) == {}
+
+
+@pytest.mark.parametrize("url, error", [("maildir:", "names no Maildir"), ("maildir:~/Mail", "")])
+def test_a_maildir_url_is_read_as_an_operator_means_it(url: str, error: str, tmp_path: Path):
+    # "maildir:" delivered into the config's own directory, "maildir:~/Mail" into a directory named "~".
+    cfg = proxy_config(tmp_path / "no-models", url, tmp_path)
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            open_downstream(cfg)
+        return
+    down = open_downstream(cfg)
+    assert isinstance(down, maildir.MaildirDownstream) and down.root == Path.home() / "Mail"
 
 
 def test_a_failed_maildir_delivery_gives_451_and_the_retry_leaves_one_copy(tiny_trained: TrainedTiny,

@@ -60,7 +60,10 @@ def activate_command(ctx: click.Context, version: str) -> None:
 @config_option
 @click.pass_context
 def rollback_command(ctx: click.Context) -> None:
-    """Go back to the version that was active before the current one."""
+    """Activate the newest version older than the active one that was ever active (and not pruned).
+
+    Versions go back by their age, so rollbacks step through older and older versions; to return
+    to a particular version, `spamd models activate VERSION`."""
     cfg = get_config(ctx)
     with opened(cfg.database_url) as engine, Session(engine) as s, s.begin():
         registry.seed(s, cfg.models_dir)

@@ -10,6 +10,7 @@ DATA could not reach the client, and would become "250 and drop"). Two implement
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ def open_downstream(cfg: Config) -> Downstream:
 
     d = cfg.delivery
     if d.url.startswith("maildir:"):
-        return MaildirDownstream(cfg.path(d.url[len("maildir:") :]))
+        path = d.url[len("maildir:") :].strip()
+        if not path:
+            raise ConfigError(f"[delivery] url {d.url!r} names no Maildir (maildir:PATH)")
+        return MaildirDownstream(cfg.path(os.path.expanduser(path)))  # ~/Maildir: the user's, as a shell reads it
     for scheme in ("smtp://", "smtps://"):
         if d.url.startswith(scheme):
             host, _, port = d.url[len(scheme) :].rstrip("/").rpartition(":")

@@ -10,6 +10,7 @@ recipients.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -65,8 +66,16 @@ def _deliver(root: Path, message: bytes) -> str:
 
 
 def ensure_maildir(root: Path) -> None:
+    """Make the Maildir (and the directories above it) where parts are missing, each one on disk
+    before a message is: a crash after the 250 must not take a new directory, and the message in it."""
+    missing = [p for p in (root, *root.parents) if not p.exists()]
+    for sub in ("tmp", "new", "cur"):
+        if not (root / sub).exists():
+            missing.insert(0, root / sub)
     for sub in ("tmp", "new", "cur"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    for made in missing:  # each new directory's entry is in its parent: sync the parents
+        fsync_path(made.parent)
 
 
 class MaildirTransaction:
@@ -86,6 +95,8 @@ class MaildirTransaction:
             name = await asyncio.to_thread(deliver, self.root, message)
         except OSError as exc:
             log.error("maildir delivery into %s failed: %s", self.root, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # said as it is, as Postfix says it
+                return Reply.parse(replies.INSUFFICIENT_STORAGE)
             return Reply.parse(replies.DOWNSTREAM_UNAVAILABLE)
         log.debug("delivered into %s/new/%s", self.root, name)
         return Reply.parse(replies.DELIVERED)

@@ -16,6 +16,9 @@ RESET_OK = "250 2.0.0 OK"
 # and retries later, so nothing is lost.
 DOWNSTREAM_UNAVAILABLE = "451 4.4.1 Downstream mail server unavailable, try again later"
 
+# maildir: delivery, and the disk (or the quota) is full: the client retries later, nothing is lost.
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
+
 # [delivery] tls = "encrypt" or "verify", and the downstream offers no STARTTLS (misconfigured, or
 # someone on the way strips it): the client keeps the message until the downstream does.
 DOWNSTREAM_NO_TLS = "451 4.7.4 Downstream mail server offers no TLS, try again later"

@@ -23,11 +23,12 @@ class Item:
 
 
 def read_messages(paths: Iterable[str], stdin: BinaryIO | None = None) -> Iterator[Item]:
+    seen: set[Path] = set()  # directories read, resolved: a link back up the tree is read once
     for arg in paths:
         if arg == "-":
             yield _read_stream(stdin)
         else:
-            yield from _read_path(Path(arg))
+            yield from _read_path(Path(arg), seen)
 
 
 def _read_stream(stream: BinaryIO | None) -> Item:
@@ -39,9 +40,9 @@ def _read_stream(stream: BinaryIO | None) -> Item:
     return _checked("-", raw)
 
 
-def _read_path(path: Path) -> Iterator[Item]:
+def _read_path(path: Path, seen: set[Path]) -> Iterator[Item]:
     if path.is_dir():
-        yield from _read_dir(path)
+        yield from _read_dir(path, seen)
     elif not path.exists():
         yield Item(str(path), None, "no such file or directory")
     elif _is_mbox(path):
@@ -50,7 +51,11 @@ def _read_path(path: Path) -> Iterator[Item]:
         yield _read_file(path)
 
 
-def _read_dir(path: Path) -> Iterator[Item]:
+def _read_dir(path: Path, seen: set[Path]) -> Iterator[Item]:
+    real = path.resolve()
+    if real in seen:  # a symbolic link loop once printed every message some 40 times
+        return
+    seen.add(real)
     # A Maildir's messages live in cur/ and new/; tmp/ holds half-delivered files.
     if (path / "cur").is_dir() and (path / "new").is_dir():
         dirs = [path / "cur", path / "new"]
@@ -62,10 +67,11 @@ def _read_dir(path: Path) -> Iterator[Item]:
         except OSError as exc:
             yield Item(str(d), None, exc.strerror or str(exc))
             continue
+        in_part_of_a_maildir = (d / "new").is_dir()  # its tmp/ is a Maildir's; elsewhere a tmp/ is read
         for entry in entries:
-            if entry.name.startswith(".") or entry.name == "tmp" and entry.is_dir():
+            if entry.name.startswith(".") or entry.name == "tmp" and in_part_of_a_maildir and entry.is_dir():
                 continue
-            yield from _read_path(entry)
+            yield from _read_path(entry, seen)
 
 
 def _read_file(path: Path) -> Item:

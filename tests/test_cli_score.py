@@ -48,6 +48,15 @@ def test_score_reports_unreadable_inputs_and_fails_at_the_end(tiny_trained: Trai
     assert "Traceback" not in result.output
 
 
+def test_score_of_a_directory_with_no_message_says_so(tiny_trained: TrainedTiny, tmp_path: Path) -> None:
+    # It printed nothing and exited 0, as if everything had been scored.
+    cfg = write_config(tmp_path, tiny_trained.models_dir)
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / "Maildir" / sub).mkdir(parents=True)
+    result = CliRunner().invoke(main, ["--config", str(cfg), "score", str(tmp_path / "Maildir")])
+    assert result.exit_code == 1 and "no message found in" in result.output
+
+
 def test_score_without_models_is_a_clear_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, tmp_path / "empty")
     result = CliRunner().invoke(main, ["--config", str(cfg), "score", str(DATA / "malformed")])

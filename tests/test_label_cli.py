@@ -111,3 +111,17 @@ def test_the_configured_subject_tag_comes_off_a_copy_spamd_tagged(spamd: Spamd, 
               + raw.replace(b"Subject: ", b"Subject: [SPAM] "))
     assert spamd("label", "spam", "-", input=tagged).stdout.startswith("1 added")
     assert spamd("label", "spam", "-", input=raw).stdout.startswith("0 added, 0 relabelled, 1 unchanged")
+
+
+def test_a_directory_with_a_link_loop_is_read_once(spamd: Spamd, tmp_path: Path) -> None:
+    # A link back up the tree was followed until the OS refused: every message some 40 times.
+    sub = tmp_path / "in" / "sub"
+    sub.mkdir(parents=True)
+    for n, raw in enumerate(fixture_mail("train", "spam")[:3]):
+        (sub / f"{n}.eml").write_bytes(raw)
+    (sub / "loop").symlink_to(tmp_path / "in")
+    (tmp_path / "in" / "tmp").mkdir()  # not a Maildir's: read
+    (tmp_path / "in" / "tmp" / "3.eml").write_bytes(fixture_mail("train", "spam")[3])
+    result = spamd("label", "spam", str(tmp_path / "in"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "4 added, 0 relabelled, 0 unchanged, 0 duplicate (merged), 0 unreadable"

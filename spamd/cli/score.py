@@ -36,18 +36,22 @@ def command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, version: 
         threshold=cfg.scoring.spam_threshold,
     )
     scorer = Scorer(models, policy)
-    failed = 0
+    failed = scored = 0
     batch: list[tuple[str, bytes]] = []
     for item in read_messages(expand_paths(paths), sys.stdin.buffer):
         if item.raw is None:
             failed += 1
             click.echo(f"spamd: {item.source}: {item.error}", err=True)
             continue
+        scored += 1
         batch.append((item.source, item.raw))
         if len(batch) >= BATCH:
             _emit(scorer, batch, as_json)
             batch = []
     _emit(scorer, batch, as_json)
+    if not scored and not failed:  # an empty directory, or a Maildir with nothing in cur/ and new/
+        click.echo(f"spamd: no message found in {' '.join(paths)}", err=True)
+        sys.exit(1)
     if failed:
         click.echo(f"spamd: {failed} input(s) could not be read", err=True)
         sys.exit(1)

@@ -24,6 +24,7 @@ from spamd.db.engine import make_engine
 from spamd.db.labels import prepare
 from spamd.db.schema import ModelFile, TrainingRun
 from spamd.retrain import child, gate, holdout, job, lock
+from spamd.train import Sample
 from tests.fixtures_models import TrainedTiny, fixture_mail
 from tests.fixtures_retrain import label
 from tests.test_prune import R1, R2, A, B, C, D, S, build, on_disk, statuses
@@ -197,6 +198,30 @@ def test_a_training_stopped_by_a_shutdown_is_recorded_failed_and_its_process_kil
     assert held is not None
     held.release()
     engine.dispose()
+
+
+def test_no_copy_of_a_held_out_message_is_trained_on(retrain_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    # The holdout was cut from the labels alone, and the starter corpus then merged in: a held-out
+    # message the starter also held was trained on (every one of them, for a site whose starter
+    # corpus is its own labelled mail), and the gate judged the candidate on what it had learned.
+    corpus = tmp_path / "starter-corpus"
+    for kind, label_ in (("spam", "spam"), ("ham", "ham")):
+        (corpus / kind).mkdir(parents=True)
+        for n, raw in enumerate(fixture_mail("train", label_) + fixture_mail("starter", label_)):
+            (corpus / kind / f"{n}.eml").write_bytes(raw)
+    cfg = retrain_cfg(mix_starter=True, starter_corpus=str(corpus), gate_min_holdout=1)
+    label_fixture_mail(cfg.database_url)
+    out = job.run(cfg)
+    counts = out.metrics["counts"]
+    assert counts["starter"] == counts["labelled"] > 100 and counts["holdout"] > 10
+    assert counts["train"] == counts["labelled"] - counts["holdout"]  # it was all of them
+
+
+def test_a_copy_that_reads_the_same_is_left_out_with_the_held_out_message() -> None:
+    # Two users' copies of one message differ in Delivered-To: two sha256, the same tokens.
+    held = [Sample([5, 6, 7], 1, "sha-of-bobs-copy")]
+    samples = [Sample([5, 6, 7], 1, "sha-of-carols-copy"), Sample([8, 9], 0, "other"), Sample([8, 9], 0, "again")]
+    assert holdout.training_set(samples, held) == [Sample([8, 9], 0, "again")]
 
 
 def test_a_second_trainer_is_turned_away_while_one_holds_the_lock(retrain_cfg: Callable[..., Config]) -> None:

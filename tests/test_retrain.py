@@ -80,6 +80,7 @@ def test_a_good_candidate_is_promoted_and_recorded(retrain_cfg: Callable[..., Co
     assert run.labels == run.metrics["counts"]["labelled"] > 100 and run.finished_at is not None and run.error == ""
     assert run.metrics["candidate"]["n"] == run.metrics["active"]["n"] == run.metrics["counts"]["holdout"] > 10
     assert run.metrics["gate"]["promote"] is True and run.metrics["seconds"]["train"] > 0
+    assert run.metrics["candidate"]["version"] == out.candidate  # as saved (a save may rename it: "...Z-2")
     engine = make_engine(cfg.database_url)
     with Session(engine) as s:  # the promoted version's files are in the database for other nodes
         names = set(s.scalars(select(ModelFile.name).where(ModelFile.version == out.candidate)))

@@ -52,10 +52,10 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
              len(starter), len(held))
     models = train(samples, train_config(cfg, parent, tok), None if cfg.training.from_scratch else parent, progress)
     t2 = time.monotonic()
+    modelstore.save(cfg.models_dir, models, new=True)  # first: it may rename the version, which the report names
     policy = scoring_policy(cfg)
     report = evaluate(models, held, policy)
     before = evaluate(parent, held, policy) if parent else None
-    modelstore.save(cfg.models_dir, models, new=True)
     counts = {"labelled": len(site), "starter": len(starter), "train": len(samples), "holdout": len(held)}
     seconds = {"read": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(time.monotonic() - t2, 1)}
     return Candidate(models.version, counts, report, before, seconds)

@@ -55,22 +55,10 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
     modelstore.save(cfg.models_dir, models, new=True)  # first: it may rename the version, which the report names
     policy = scoring_policy(cfg)
     report = evaluate(models, held, policy)
-    before = evaluate(parent, _as_read_by(cfg, parent, tok, held), policy) if parent else None
+    before = evaluate(parent, held, policy) if parent else None
     counts = {"labelled": len(site), "starter": len(starter), "train": len(samples), "holdout": len(held)}
     seconds = {"read": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(time.monotonic() - t2, 1)}
     return Candidate(models.version, counts, report, before, seconds)
-
-
-def _as_read_by(cfg: Config, parent: ModelSet, tok: TokenizerConfig, held: list[Sample]) -> list[Sample]:
-    """The held-out messages as `parent` reads them live, in its own token space: an active version
-    from before skip_delivery_headers reads the delivery headers (a loopback Received line on top,
-    behind fetchmail), and the gate scored it on the candidate's tokens instead (9 of 80 verdicts
-    differed on such mail)."""
-    if parent.tokenizer == tok:
-        return held
-    with opened(cfg.database_url) as engine, Session(engine) as s:
-        by_key = {x.key: x for x in data.labelled(s, parent.tokenizer, {h.key for h in held})}
-    return [by_key[h.key] for h in held]
 
 
 def _starter(cfg: Config, tok: TokenizerConfig) -> list[Sample]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -17,10 +17,9 @@ from spamd.mail.parse import parse
 from spamd.train import Sample
 
 
-def labelled(session: Session, tok: TokenizerConfig, keys: Collection[str] | None = None) -> list[Sample]:
-    """Every labelled message (or those whose sha256 is in `keys`), keyed by its stored sha256."""
-    return [Sample(token_ids(parse(raw), tok), int(label == "spam"), sha) for sha, label, raw in iter_labelled(session)
-            if keys is None or sha in keys]
+def labelled(session: Session, tok: TokenizerConfig) -> list[Sample]:
+    """Every labelled message, keyed by its stored sha256."""
+    return [Sample(token_ids(parse(raw), tok), int(label == "spam"), sha) for sha, label, raw in iter_labelled(session)]
 
 
 def starter(path: Path, tok: TokenizerConfig, subject_tag: str = "") -> list[Sample]:

@@ -55,6 +55,9 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
     modelstore.save(cfg.models_dir, models, new=True)  # first: it may rename the version, which the report names
     policy = scoring_policy(cfg)
     report = evaluate(models, held, policy)
+    # Both on the candidate's tokens, without the fields the mailboxes' delivery wrote: live mail
+    # reaches spamd before any delivery, so an active version that reads them (one from before
+    # skip_delivery_headers) is judged on what it sees live, not flattered by them.
     before = evaluate(parent, held, policy) if parent else None
     counts = {"labelled": len(site), "starter": len(starter), "train": len(samples), "holdout": len(held)}
     seconds = {"read": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(time.monotonic() - t2, 1)}

@@ -155,7 +155,7 @@ _POSITIVE = ("smtp.max_message_size", "smtp.max_connections", "smtp.max_recipien
 _NOT_NEGATIVE = ("smtp.drain_timeout", "scoring.batch_wait_ms", "logs.retention_days", "training.min_new_labels",
                  "training.gate_auc_tolerance", "training.gate_fpr_tolerance", "training.gate_min_holdout",
                  "training.keep_versions")
-_UNIT = ("scoring.spam_threshold", "scoring.reject_threshold")
+_THRESHOLDS = ("scoring.spam_threshold", "scoring.reject_threshold")
 
 
 def check(cfg: Config) -> None:
@@ -170,10 +170,10 @@ def check(cfg: Config) -> None:
     for key in _NOT_NEGATIVE:
         if value(key) is not None and value(key) < 0:
             raise ConfigError(f"{key} has a bad value {value(key)!r} (expected 0 or more)")
-    for key in _UNIT:
+    for key in _THRESHOLDS:
         if value(key) is not None and not 0 < value(key) <= 1:
-            raise ConfigError(f"{key} has a bad value {value(key)!r} (expected more than 0 and at most 1"
-                              + (", or false: off)" if "threshold" in key else ")"))
+            raise ConfigError(f"{key} has a bad value {value(key)!r} "
+                              "(expected more than 0 and at most 1, or false: off)")
     if not 0 < cfg.training.holdout_fraction < 1:
         raise ConfigError(f"training.holdout_fraction has a bad value {cfg.training.holdout_fraction!r} "
                           "(expected more than 0 and less than 1)")

@@ -121,6 +121,14 @@ def _structured(raw: bytes) -> ParsedMail:
             texts.append(body)
     text, html_text = "\n".join(texts), "\n".join(htmls)
     links.extend(_URL.findall(text))
+    return _mail(headers, text, html_text, links, size, tuple(ctypes), tuple(charsets), attachments,
+                 tuple(type(d).__name__ for d in msg.defects))
+
+
+def _mail(headers: tuple[tuple[str, str], ...], text: str, html_text: str, links: list[str], size: int,
+          content_types: tuple[str, ...] = (), charsets: tuple[str, ...] = (), attachments: int = 0,
+          defects: tuple[str, ...] = ()) -> ParsedMail:
+    """A ParsedMail from what was read; the fields that follow from the headers and links are derived here."""
     from_name, from_domain = _split_from(_get(headers, "from"))
     return ParsedMail(
         headers=headers,
@@ -132,11 +140,11 @@ def _structured(raw: bytes) -> ParsedMail:
         html_text=html_text,
         link_domains=tuple(_link_domain(u) for u in links[:MAX_LINK_DOMAINS]),
         links=len(links),
-        content_types=tuple(ctypes),
-        charsets=tuple(charsets),
+        content_types=content_types,
+        charsets=charsets,
         attachments=attachments,
         size=size,
-        defects=tuple(type(d).__name__ for d in msg.defects),
+        defects=defects,
     )
 
 
@@ -158,14 +166,7 @@ def _flat(raw: bytes) -> ParsedMail:
     # Without the MIME scaffolding (boundary lines, part headers, empty lines): the text a reader
     # sees comes within the cut, however much structure was piled up in front of it.
     text = _to_text(_SCAFFOLDING.sub(b"", rest)[: MAX_PART_CHARS * 2], "utf-8")[:MAX_PART_CHARS]
-    links = _URL.findall(text)
-    from_name, from_domain = _split_from(_get(headers, "from"))
-    return ParsedMail(
-        headers=headers, subject=_get(headers, "subject"), from_name=from_name, from_domain=from_domain,
-        message_id=_get(headers, "message-id").strip(), text=text, html_text="",
-        link_domains=tuple(_link_domain(u) for u in links[:MAX_LINK_DOMAINS]), links=len(links),
-        content_types=(), charsets=(), attachments=0, size=len(raw),
-    )
+    return _mail(headers, text, "", _URL.findall(text), len(raw))
 
 
 def _has_filename(part: Message) -> bool:

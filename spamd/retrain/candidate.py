@@ -46,7 +46,7 @@ def train_candidate(cfg: Config, active: str | None, progress: Progress | None =
         site = data.labelled(s, tok)
     starter = _starter(cfg, tok)
     train_part, held = holdout.split(site, cfg.training.holdout_fraction)
-    samples = holdout.training_set(data.merge(starter, train_part), held)
+    samples = holdout.training_set([*starter, *train_part], held)  # the site's label over the starter's
     t1 = time.monotonic()
     log.info("training on %d messages (%d labelled, %d starter), %d held out", len(samples), len(site),
              len(starter), len(held))

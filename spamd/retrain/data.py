@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -46,8 +45,3 @@ def sample_of(raw: bytes, label: int, tok: TokenizerConfig, subject_tag: str = "
     endings), keyed by the sha256 of those bytes."""
     scored = as_learned(raw, subject_tag)
     return Sample(token_ids(parse(scored), tok), label, fingerprint(scored))
-
-
-def merge(starter_samples: Sequence[Sample], site: Sequence[Sample]) -> list[Sample]:
-    """One sample per message; the site's own label wins over the starter corpus's."""
-    return list({s.key: s for s in [*starter_samples, *site]}.values())

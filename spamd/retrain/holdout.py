@@ -29,7 +29,7 @@ def training_set(samples: Sequence[Sample], held: Sequence[Sample]) -> list[Samp
     for s in samples:
         content = content_key(s.ids)
         if s.key not in held_keys and content not in held_keys:
-            kept[content] = s  # of copies, the last one (the site's label over the starter's)
+            kept[content] = s  # of copies, the last one: the site's label after the starter's wins
     return list(kept.values())
 
 

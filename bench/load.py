@@ -1,7 +1,7 @@
 """End-to-end load on `spamd serve`: N SMTP clients send the SPLIT test messages through it to a sink.
 
     python -m bench.load [--seconds 10] [--clients 32] [--workers 1,2] [--order file|shuffled]
-                         [--pairs 0] [--pair-seconds 5] [--models DIR] [--rnn-rule RULE]
+                         [--pairs 0] [--pair-seconds 5] [--models DIR] [--rnn-rule RULE] [--cnn-table BOOL]
                          [--json bench/out/load.json]
 
 For each worker count, the same daemon runs twice: scoring on, and scoring off (the null
@@ -251,7 +251,8 @@ def scoring_extra(args: argparse.Namespace) -> str:
     """[scoring] lines the run overrides (none: the config's defaults)."""
     lines = [f"batch_max = {args.batch_max}" if args.batch_max else "",
              f"batch_wait_ms = {args.batch_wait_ms}" if args.batch_wait_ms is not None else "",
-             f'rnn_rule = "{args.rnn_rule}"' if args.rnn_rule else ""]
+             f'rnn_rule = "{args.rnn_rule}"' if args.rnn_rule else "",
+             f"cnn_table = {args.cnn_table}" if args.cnn_table else ""]
     return "\n".join(line for line in lines if line)
 
 
@@ -418,6 +419,8 @@ def main() -> None:
                     help="[scoring] batch_wait_ms (default: the config's)")
     ap.add_argument("--rnn-rule", choices=("never", "uncertain", "long", "always"), default=None,
                     help="[scoring] rnn_rule (default: the config's)")
+    ap.add_argument("--cnn-table", choices=("true", "false"), default=None,
+                    help="[scoring] cnn_table (default: the config's)")
     ap.add_argument("--models", default="models", help="models directory (its ACTIVE version is used)")
     ap.add_argument("--order", choices=("file", "shuffled"), default="file",
                     help="file: SPLIT.tsv's order, grouped by folder, so the 55 hard_ham test messages "

@@ -24,7 +24,7 @@ from spamd.cli.common import load_active
 from spamd.config import load_config
 from spamd.features import token_ids
 from spamd.mail.parse import parse
-from spamd.nets.cnn import FusedCNN
+from spamd.nets.cnn import FusedCNN, TableCNN
 from spamd.nets.rnn import FusedRNN
 from spamd.scorer import RnnPending, Scorer, ScoringPolicy, pad
 
@@ -66,11 +66,13 @@ def best_ms_per_msg(fn: Callable[[], object], messages: int, repeats: int = 3) -
 @torch.inference_mode()
 def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     """The two passes apart, one thread, best of 3: `Scorer.read`'s stages before the CNN
-    (parsing, and tokenizing the CNN's window), the CNN as trained (TextCNN.forward, padded
-    batches) against the scorer's FusedCNN (row by row), and the RNN for the messages the CNN is
-    unsure of: as trained (TextRNN.forward, packed), as FusedRNN (torch, both directions as one
-    GRU) and as the scorer's OrtRNN (the GRU in onnxruntime), and the scorer's whole RNN step
-    (reading each message's complete ids too), in one pass and one message at a time."""
+    (parsing, and tokenizing the CNN's window); the CNN as trained (TextCNN.forward, padded
+    batches) against its inference forms (row by row): FusedCNN (matrix products) and TableCNN
+    (sums of a precomputed table's rows, what the daemon runs with `[scoring] cnn_table`); and the
+    RNN for the messages the CNN is unsure of: as trained (TextRNN.forward, packed), as FusedRNN
+    (torch, both directions as one GRU) and as the scorer's OrtRNN (the GRU in onnxruntime), and
+    the scorer's whole RNN step (reading each message's complete ids too), in one pass and one
+    message at a time."""
     mails = [parse(raw) for raw in raws]
     out: dict[str, float] = {
         "read: parse, ms/msg": best_ms_per_msg(partial(_each, parse, raws), len(raws)),
@@ -79,13 +81,20 @@ def passes(scorer: Scorer, raws: list[bytes]) -> dict[str, float]:
     }
     window = scorer.models.cnn.cfg.window
     ids = [token_ids(mail, scorer.models.tokenizer)[: window + 1] for mail in mails]
+    matmuls = FusedCNN(scorer.models.cnn)
+    started = time.perf_counter()
+    table = TableCNN(scorer.models.cnn)
+    out["TableCNN: building its table, s"] = round(time.perf_counter() - started, 2)
+    out["TableCNN: its table, MiB"] = TableCNN.size(scorer.models.cnn.cfg) >> 20
     for batch in (1, 32):
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
         padded = [pad(chunk, window) for chunk in chunks]
         out[f"cnn forward, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, scorer.models.cnn, padded),
                                                                     len(ids))
-        out[f"FusedCNN, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, scorer.cnn, chunks), len(ids))
-    out.update(cnn_arithmetic(scorer.cnn, ids, out["FusedCNN, batch 1, ms/msg"]))
+        out[f"FusedCNN, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, matmuls, chunks), len(ids))
+        out[f"TableCNN, batch {batch}, ms/msg"] = best_ms_per_msg(partial(_each, table, chunks), len(ids))
+    del table
+    out.update(cnn_arithmetic(matmuls, ids, out["FusedCNN, batch 1, ms/msg"]))
     pending = [p for p in scorer.read(raws) if isinstance(p, RnnPending)]
     out["rnn: messages consulted"] = len(pending)
     padded_rnn = pad([p.ids() for p in pending], scorer.models.rnn.cfg.window)
@@ -177,9 +186,11 @@ def main() -> None:
     ap.add_argument("--rule", default="uncertain")
     args = ap.parse_args()
     base_rss = rss_mb()
-    models = load_active(load_config(args.config), args.model)
+    cfg = load_config(args.config)
+    models = load_active(cfg, args.model)
     raws = [r.raw() for r in rows("test")]
-    scorer = Scorer(models, ScoringPolicy(rnn_rule=args.rule))  # type: ignore[arg-type]
+    # The CNN as the daemon runs it: with the config's [scoring] cnn_table.
+    scorer = Scorer(models, ScoringPolicy(rnn_rule=args.rule), cnn_table=cfg.scoring.cnn_table)  # type: ignore[arg-type]
     results = {}
     torch.set_num_threads(1)
     results["parse+tokenize, whole corpus"] = parse_times(models.tokenizer)
@@ -194,6 +205,7 @@ def main() -> None:
     results["passes, threads=1"] = passes(scorer, raws)
     results["idle gaps, threads=1, first 400 messages, best of 2"] = idle_gaps(scorer, raws[:400])
     out = {"machine": machine(), "model": models.version, "rnn_rule": args.rule, "messages": len(raws),
+           "cnn_table": cfg.scoring.cnn_table,
            "rss_mb_before_models": round(base_rss, 1), "rss_mb_after": round(rss_after, 1), "results": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -63,6 +63,7 @@ class ScoringConfig:
     on_failure: OnFailure = "pass"
     timeout: float = 10.0
     threads: int = 1
+    cnn_table: bool = True
     batch_max: int = 32
     batch_wait_ms: float = 0.0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 from spamd import metrics, modelstore
 from spamd.combine import Combiner, consult_rnn, fit_combiner
 from spamd.errors import ModelIntegrityError, ModelNotFound, ScoringError, TrainingError
-from spamd.nets.cnn import CNNConfig, FusedCNN, TextCNN
+from spamd.nets.cnn import CNNConfig, FusedCNN, TableCNN, TextCNN
 from spamd.nets.ortrnn import OrtRNN, gru_model
 from spamd.nets.rnn import FusedRNN, RNNConfig, TextRNN
 from spamd.scorer import Scorer, ScoringPolicy, encode
@@ -40,15 +42,17 @@ def test_rnn_reads_past_the_cnn_window() -> None:
     assert not torch.equal(rnn(a), rnn(b))
 
 
+@pytest.mark.parametrize("inference", [FusedCNN, TableCNN])
 @pytest.mark.parametrize("widths", [(1, 2, 3, 5), (3, 1, 5), (2,)])
-def test_fused_cnn_computes_what_the_cnn_computes(widths: tuple[int, ...]) -> None:
-    # The scorer's CNN pass (matrix products by tap) must equal TextCNN.forward, which training
-    # uses: on full rows, padded rows, rows shorter than the widest filter, an all-padding row.
+def test_cnn_inference_forms_compute_what_the_cnn_computes(widths: tuple[int, ...], inference: type) -> None:
+    # The scorer's CNN pass (matrix products by tap, or sums of the precomputed taps' rows) must
+    # equal TextCNN.forward, which training uses: on full rows, padded rows, rows shorter than the
+    # widest filter, an all-padding row.
     torch.manual_seed(0)
     cnn = TextCNN(CNNConfig(buckets=256, embed_dim=6, widths=widths, filters=5, window=40)).eval()
     ids = torch.randint(1, 10_000, (6, 50))
     ids[1, 30:], ids[2, 3:], ids[3, 1:], ids[4, :] = 0, 0, 0, 0
-    fused = FusedCNN(cnn)
+    fused = inference(cnn)
     with torch.no_grad():
         for batch in (ids, ids[:1], ids[2:3], ids[:, :2]):
             rows = [[i for i in row if i > 0] for row in batch.tolist()]  # each message's own ids
@@ -110,6 +114,39 @@ def test_scoring_goes_on_in_torch_when_onnxruntime_cannot_run_the_rnn(
     assert isinstance(fallback.rnn, FusedRNN)
     assert "cannot run in onnxruntime" in caplog.text and "no GRU kernel on this platform" in caplog.text
     assert [v.score for v in fallback.score(raws)] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_cnn_table_gives_the_scores_of_the_matrix_products(tiny_trained: TrainedTiny) -> None:
+    models = tiny_trained.load()
+    raws = fixture_mail("starter", "spam") + fixture_mail("starter", "ham")
+    tabled, plain = Scorer(models, cnn_table=True), Scorer(models)
+    assert isinstance(tabled.cnn, TableCNN) and isinstance(plain.cnn, FusedCNN)
+    assert [v.cnn for v in tabled.score(raws)] == pytest.approx([v.cnn for v in plain.score(raws)], abs=1e-6)
+
+
+def test_without_memory_for_the_cnn_table_the_scorer_falls_back_to_matrix_products() -> None:
+    # A real allocation failure, in a process whose address space is capped just above what it
+    # holds once a starter-sized CNN is loaded, so the 528 MiB table cannot be had.
+    script = """
+import logging, resource, sys, torch
+from spamd.nets.cnn import CNNConfig, FusedCNN, TableCNN, TextCNN
+from spamd.scorer import cnn_inference
+logging.basicConfig(stream=sys.stdout, level=logging.ERROR)
+torch.manual_seed(0)
+cnn = TextCNN(CNNConfig()).eval()
+assert TableCNN.size(cnn.cfg) > 500 << 20
+ids = [list(range(1, 300)), [7, 8]]
+expected = FusedCNN(cnn)(ids)
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (200 << 20), resource.RLIM_INFINITY))
+inference = cnn_inference(cnn, table=True)
+print(type(inference).__name__, torch.equal(inference(ids), expected))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "cannot build the CNN's table (528 MiB)" in out.stdout
+    assert out.stdout.rstrip().endswith("FusedCNN True")
 
 
 def test_tiny_model_scores_fixture_spam_above_fixture_ham(tiny_trained: TrainedTiny) -> None:

@@ -19,6 +19,8 @@ from sqlalchemy import create_engine, text
 
 from spamd import modelstore
 from spamd.config import Config
+from spamd.nets.cnn import FusedCNN, TableCNN
+from spamd.smtp import server
 from spamd.smtp.server import needs_restart
 from tests.fixtures_models import TrainedTiny
 from tests.fixtures_smtp import CaptureServer, proxy_config, send
@@ -167,6 +169,30 @@ def test_a_reload_applies_the_batch_settings(tiny_trained: TrainedTiny, tmp_path
     assert (p.daemon.batcher.max_batch, p.daemon.batcher.wait_s) == (4, 0.003)
     send(p.port, HAM % 9)
     assert len(down.wait_for(1)) == 1
+
+
+def test_a_reload_applies_cnn_table_and_builds_the_scorer_off_the_event_loop(
+        tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy, monkeypatch: pytest.MonkeyPatch):
+    # Building the CNN's table takes about half a second for the starter: on the event loop, every
+    # connection of the worker would wait for it at each reload.
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path, cnn_table=False)
+    p = proxy(cfg)
+    assert isinstance(p.daemon.batcher.scorer.cnn, FusedCNN)
+    built_on: list[str] = []
+    make_scorer = server.make_scorer
+
+    def recording(*args: object) -> object:
+        built_on.append(threading.current_thread().name)
+        return make_scorer(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server, "make_scorer", recording)
+    p.call(p.daemon.reload(replace(cfg, scoring=replace(cfg.scoring, cnn_table=True))))
+    assert isinstance(p.daemon.batcher.scorer.cnn, TableCNN)
+    assert built_on and p.run(lambda: threading.current_thread().name) not in built_on
+    send(p.port, HAM % 12)
+    content = down.wait_for(1)[0].content
+    assert b"X-Spam-Status: " in content and b"X-Spam-Status: Unknown" not in content
 
 
 @pytest.mark.slow

@@ -50,32 +50,19 @@ class TextCNN(nn.Module):
         return self.out(h).squeeze(1)  # (B,)
 
 
-class FusedCNN:
-    """A trained TextCNN's forward pass for inference, as matrix products by tap.
-
-    A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. Taking
-    tap k of every filter wide enough to have one gives one (T, C) × (C, F·#widths>k) product
-    per k, added at a shift of k positions: five GEMMs on the embeddings instead of four
-    im2col convolutions, which copy each window. It takes each message's id list as it is and
-    computes on those tokens only, so no work goes to padding or to masking it. Equal to
-    `TextCNN.forward` up to float rounding (tested), and cheaper on a CPU: `python -m bench.speed`
-    times both.
-    """
+class _InferenceCNN:
+    """What `FusedCNN` and `TableCNN` share: a trained TextCNN's filters in ascending-width order,
+    scoring each message on its own tokens (no padding, so no work goes to it or to masking it),
+    and the end of the network. Each computes every width's filters at every start in its own
+    way (`_peaks`)."""
 
     def __init__(self, cnn: TextCNN) -> None:
-        cfg = cnn.cfg
-        self.cnn, self.cfg = cnn, cfg
+        cfg = self.cfg = cnn.cfg
         order = sorted(range(len(cfg.widths)), key=lambda i: cfg.widths[i])  # ascending widths
         self.widths = [cfg.widths[i] for i in order]
-        convs: list[nn.Conv1d] = [cnn.convs[i] for i in order]  # type: ignore[misc]
+        self.convs: list[nn.Conv1d] = [cnn.convs[i] for i in order]  # type: ignore[misc]
         with torch.no_grad():
-            # Tap k exists for the widths w > k: a suffix of the ascending widths.
-            self.taps: list[tuple[int, int, torch.Tensor]] = []  # (k, first filter column, (C, F·n))
-            for k in range(max(cfg.widths)):
-                first = sum(1 for w in self.widths if w <= k)
-                weight = torch.cat([c.weight[:, :, k].t() for c in convs[first:]], dim=1)
-                self.taps.append((k, first * cfg.filters, weight.contiguous()))
-            self.bias = torch.cat([c.bias for c in convs if c.bias is not None])  # (F · len(widths),)
+            self.bias = torch.cat([c.bias for c in self.convs if c.bias is not None])  # (F · len(widths),)
             # The output layer's weights in ascending-width order, as the pooled features come.
             out = cnn.out.weight.view(len(cfg.widths), cfg.filters)
             self.out_weight = out[torch.tensor(order)].reshape(-1).clone()
@@ -90,26 +77,97 @@ class FusedCNN:
 
     def _row(self, ids: torch.Tensor, n: int) -> torch.Tensor:
         """One message's logit (1,) from its n token ids (n,): a tensor of its own, folded in place."""
-        widest, f = self.widths[-1], self.cfg.filters
         ids = ids.sub_(1).remainder_(self.cfg.buckets - 1).add_(1)  # fold_ids: a row has no padding
-        if n < widest:  # padded to the widest filter; windows that reach into it are left out below
-            ids = nn.functional.pad(ids, (0, widest - n))
-        t = ids.shape[0]
-        x = self.cnn.embed(ids)  # (t, C)
-        y = x @ self.taps[0][2]  # tap 0 of every width: (t, F · len(widths))
-        for k, first, weight in self.taps[1:]:  # added by the GEMM itself, into a view of y
-            y[: t - k, first:].addmm_(x[k:], weight)
-        # Column block i of y is width i's filters at each start. A width-w window is real only
-        # if it ends inside the message (starts 0 .. n - w); a width with none pools to 0, which
-        # adds nothing to the logit. A filter's bias is the same at every start and ReLU is
-        # monotone, so both come after the max: on F values per width, not on every start.
+        # A width-w window is real only if it ends inside the message (starts 0 .. n - w); a width
+        # with none pools to 0, which adds nothing to the logit. A filter's bias is the same at
+        # every start and ReLU is monotone, so both come after the max: on F values per width,
+        # not on every start.
         real = sum(1 for w in self.widths if w <= n)  # the widths with a window: a prefix
         if real == 0:
             return self.out_bias.clone()
-        cols = real * f
-        peaks = torch.cat([y[: n - w + 1, i * f : (i + 1) * f].amax(dim=0) for i, w in enumerate(self.widths[:real])])
-        pooled = (peaks + self.bias[:cols]).relu_()
+        cols = real * self.cfg.filters
+        pooled = (self._peaks(ids, n, real) + self.bias[:cols]).relu_()
         return (pooled @ self.out_weight[:cols] + self.out_bias).view(1)
+
+    def _peaks(self, ids: torch.Tensor, n: int, real: int) -> torch.Tensor:
+        """The max over starts of the first `real` widths' filters, without bias: (F · real,)."""
+        raise NotImplementedError
+
+
+class FusedCNN(_InferenceCNN):
+    """A trained TextCNN's forward pass for inference, as matrix products by tap.
+
+    A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. Taking
+    tap k of every filter wide enough to have one gives one (T, C) × (C, F·#widths>k) product
+    per k, added at a shift of k positions: five GEMMs on the embeddings instead of four
+    im2col convolutions, which copy each window. Equal to `TextCNN.forward` up to float
+    rounding (tested), and cheaper on a CPU: `python -m bench.speed` times both.
+    """
+
+    def __init__(self, cnn: TextCNN) -> None:
+        super().__init__(cnn)
+        self.embed = cnn.embed
+        with torch.no_grad():
+            # Tap k exists for the widths w > k: a suffix of the ascending widths.
+            self.taps: list[tuple[int, int, torch.Tensor]] = []  # (k, first filter column, (C, F·n))
+            for k in range(self.widths[-1]):
+                first = sum(1 for w in self.widths if w <= k)
+                weight = torch.cat([c.weight[:, :, k].t() for c in self.convs[first:]], dim=1)
+                self.taps.append((k, first * self.cfg.filters, weight.contiguous()))
+
+    def _peaks(self, ids: torch.Tensor, n: int, real: int) -> torch.Tensor:
+        widest, f = self.widths[-1], self.cfg.filters
+        if n < widest:  # padded to the widest filter; windows that reach into it are left out below
+            ids = nn.functional.pad(ids, (0, widest - n))
+        t = ids.shape[0]
+        x = self.embed(ids)  # (t, C)
+        y = x @ self.taps[0][2]  # tap 0 of every width: (t, F · len(widths))
+        for k, first, weight in self.taps[1:]:  # added by the GEMM itself, into a view of y
+            y[: t - k, first:].addmm_(x[k:], weight)
+        # Column block i of y is width i's filters at each start.
+        return torch.cat([y[: n - w + 1, i * f : (i + 1) * f].amax(dim=0) for i, w in enumerate(self.widths[:real])])
+
+
+class TableCNN(_InferenceCNN):
+    """A trained TextCNN's forward pass for inference, from a table of every tap's products.
+
+    A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. The
+    embeddings are a fixed table (tokens are hashed into its buckets), so each tap's product
+    with every row of it can be computed once, when the model loads: one (buckets, C) × (C, F·Σw)
+    product. Scoring a message is then only gathering and adding rows of that table
+    (`embedding_bag`: w rows for each window start) and a max over the starts, with no matrix
+    product: about half `FusedCNN`'s time on the test messages (`python -m bench.speed`), for
+    the table's memory, buckets × Σw × F floats: 528 MiB for the starter CNN (131,072 × 11 × 96),
+    where its embedding takes 24 MiB. A bucket's rows for all its taps lie together (4 kB for the
+    starter). Equal to `TextCNN.forward` up to float rounding (tested).
+    """
+
+    def __init__(self, cnn: TextCNN) -> None:
+        super().__init__(cnn)
+        cfg = self.cfg
+        self.taps = sum(self.widths)
+        with torch.no_grad():
+            # Column block g of a bucket's row is its embedding times tap g of all the taps
+            # (widths ascending, each width's taps in order).
+            weight = torch.cat([c.weight[:, :, k].t() for c in self.convs for k in range(c.weight.shape[2])], dim=1)
+            table = torch.empty(cfg.buckets, self.taps * cfg.filters)
+            torch.mm(cnn.embed.weight, weight, out=table)
+        self.table = table.view(cfg.buckets * self.taps, cfg.filters)  # row x · taps + g
+        firsts = [sum(self.widths[:i]) for i in range(len(self.widths))]
+        self.bases = [torch.arange(g, g + w) for g, w in zip(firsts, self.widths, strict=True)]
+
+    @staticmethod
+    def size(cfg: CNNConfig) -> int:
+        """The table's bytes for a CNN of this shape."""
+        return cfg.buckets * sum(cfg.widths) * cfg.filters * 4
+
+    def _peaks(self, ids: torch.Tensor, n: int, real: int) -> torch.Tensor:
+        rows = ids.mul_(self.taps)  # each token's first row in the table
+        # Window start t of width w: the sum of the table's rows rows[t + k] + base[k], k < w.
+        return torch.cat([
+            nn.functional.embedding_bag(rows.unfold(0, w, 1) + base, self.table, mode="sum").amax(dim=0)
+            for w, base in zip(self.widths[:real], self.bases[:real], strict=True)
+        ])
 
 
 def _int64(ids: Sequence[int]) -> torch.Tensor:

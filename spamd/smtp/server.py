@@ -50,11 +50,13 @@ def load_models(cfg: Config, version: str | None = None) -> ModelSet | None:
 
 
 def make_scorer(cfg: Config, models: ModelSet | None) -> Scorer | None:
+    """The scorer for these settings and models. Blocking (building the CNN's table takes about
+    half a second): never call it on the event loop."""
     if models is None:
         return None
     s = cfg.scoring
     policy = ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)
-    return Scorer(models, policy)
+    return Scorer(models, policy, cnn_table=s.cnn_table)
 
 
 def freeze_heap() -> None:
@@ -160,7 +162,8 @@ class Daemon:
             if sock is None:
                 bound.close()
             raise
-        batcher = Batcher(make_scorer(cfg, models), cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
+        scorer = await asyncio.to_thread(make_scorer, cfg, models)
+        batcher = Batcher(scorer, cfg.scoring.batch_max, cfg.scoring.batch_wait_ms / 1000)
         handler = ProxyHandler(batcher, downstream, sink, ActionPolicy.from_config(cfg.scoring),
                                cfg.scoring.timeout, smtp.max_recipients, xforward_hosts,
                                smtp.hostname if smtp.received_header else "")
@@ -212,7 +215,7 @@ class Daemon:
             if models is None and cfg.scoring.enabled:
                 log.error("reload failed: keeping the settings and models in use")
                 return self.version
-            self.batcher.scorer = make_scorer(cfg, models)
+            self.batcher.scorer = await asyncio.to_thread(make_scorer, cfg, models)
             if self.frozen_heap:
                 freeze_heap()  # one full collection: frees the replaced models, freezes the new ones
             self.handler.policy = ActionPolicy.from_config(cfg.scoring)

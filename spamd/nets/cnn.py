@@ -134,12 +134,20 @@ class TableCNN(_InferenceCNN):
     A width-w filter at position t sums `W[:, :, k] · e[t + k]` over its taps k < w. The
     embeddings are a fixed table (tokens are hashed into its buckets), so each tap's product
     with every row of it can be computed once, when the model loads: one (buckets, C) × (C, F·Σw)
-    product. Scoring a message is then only gathering and adding rows of that table
-    (`embedding_bag`: w rows for each window start) and a max over the starts, with no matrix
-    product: about half `FusedCNN`'s time on the test messages (`python -m bench.speed`), for
-    the table's memory, buckets × Σw × F floats: 528 MiB for the starter CNN (131,072 × 11 × 96),
-    where its embedding takes 24 MiB. A bucket's rows for all its taps lie together (4 kB for the
-    starter). Equal to `TextCNN.forward` up to float rounding (tested).
+    product. Scoring a message is then only summing rows of that table, w rows for each window
+    of width w, and a max over the windows' starts, with no matrix product: less than half
+    `FusedCNN`'s time on the test messages (`python -m bench.speed`), for the table's memory,
+    buckets × Σw × F floats: 528 MiB for the starter CNN (131,072 × 11 × 96), where its embedding
+    takes 24 MiB. A bucket's rows for all its taps lie together (4 kB for the starter). Equal to
+    `TextCNN.forward` up to float rounding (tested).
+
+    All the sums of a message are one `embedding_bag` call, start by start: for each start t,
+    one bag per width, of the rows of tokens t .. t + w - 1 for that width's taps. The index
+    pattern (token position and tap of each row, where each bag begins) is the same for every
+    message, so it is built once for the longest, and a message of n tokens takes its first n
+    starts. A window that runs past the message's end reads an extra bucket whose rows are all
+    -inf, so its sum is -inf and the max over starts never picks it, and one max over the
+    (n, widths · F) sums pools every width at once.
     """
 
     def __init__(self, cnn: TextCNN) -> None:
@@ -148,26 +156,36 @@ class TableCNN(_InferenceCNN):
         self.taps = sum(self.widths)
         with torch.no_grad():
             # Column block g of a bucket's row is its embedding times tap g of all the taps
-            # (widths ascending, each width's taps in order).
+            # (widths ascending, each width's taps in order); then the -inf bucket.
             weight = torch.cat([c.weight[:, :, k].t() for c in self.convs for k in range(c.weight.shape[2])], dim=1)
-            table = torch.empty(cfg.buckets, self.taps * cfg.filters)
-            torch.mm(cnn.embed.weight, weight, out=table)
-        self.table = table.view(cfg.buckets * self.taps, cfg.filters)  # row x · taps + g
+            table = torch.empty(cfg.buckets + 1, self.taps * cfg.filters)
+            torch.mm(cnn.embed.weight, weight, out=table[: cfg.buckets])
+            table[cfg.buckets] = float("-inf")
+        self.table = table.view(-1, cfg.filters)  # bucket x, tap g: row x · taps + g
+        self.past_end = cfg.buckets * self.taps  # the -inf bucket's first row
+        positions, taps, bags = [], [], []
         firsts = [sum(self.widths[:i]) for i in range(len(self.widths))]
-        self.bases = [torch.arange(g, g + w) for g, w in zip(firsts, self.widths, strict=True)]
+        for t in range(cfg.window):
+            for w, first in zip(self.widths, firsts, strict=True):
+                bags.append(len(positions))
+                positions += range(t, t + w)
+                taps += range(first, first + w)
+        self.positions, self.tap_rows, self.bags = torch.tensor(positions), torch.tensor(taps), torch.tensor(bags)
 
     @staticmethod
     def size(cfg: CNNConfig) -> int:
         """The table's bytes for a CNN of this shape."""
-        return cfg.buckets * sum(cfg.widths) * cfg.filters * 4
+        return (cfg.buckets + 1) * sum(cfg.widths) * cfg.filters * 4
 
     def _peaks(self, ids: torch.Tensor, n: int, real: int) -> torch.Tensor:
-        rows = ids.mul_(self.taps)  # each token's first row in the table
-        # Window start t of width w: the sum of the table's rows rows[t + k] + base[k], k < w.
-        return torch.cat([
-            nn.functional.embedding_bag(rows.unfold(0, w, 1) + base, self.table, mode="sum").amax(dim=0)
-            for w, base in zip(self.widths[:real], self.bases[:real], strict=True)
-        ])
+        # Each token's first row in the table, then the -inf bucket's for the positions past the end.
+        rows = nn.functional.pad(ids.mul_(self.taps), (0, self.widths[-1] - 1), value=self.past_end)
+        entries = n * self.taps
+        index = rows[self.positions[:entries]].add_(self.tap_rows[:entries])
+        # torch.embedding_bag is nn.functional.embedding_bag without its checks and argument
+        # handling, which cost about as much as the sums (0: mode "sum").
+        sums = torch.embedding_bag(self.table, index, self.bags[: n * len(self.widths)], False, 0)[0]
+        return sums.view(n, -1).amax(dim=0)[: real * self.cfg.filters]
 
 
 def _int64(ids: Sequence[int]) -> torch.Tensor:

@@ -163,7 +163,9 @@ class TableCNN(_InferenceCNN):
             table[cfg.buckets] = float("-inf")
         self.table = table.view(-1, cfg.filters)  # bucket x, tap g: row x · taps + g
         self.past_end = cfg.buckets * self.taps  # the -inf bucket's first row
-        positions, taps, bags = [], [], []
+        positions: list[int] = []
+        taps: list[int] = []
+        bags: list[int] = []
         firsts = [sum(self.widths[:i]) for i in range(len(self.widths))]
         for t in range(cfg.window):
             for w, first in zip(self.widths, firsts, strict=True):

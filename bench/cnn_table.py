@@ -82,7 +82,8 @@ def main() -> None:
            "peaks_msgs_per_s": peaks,
            "table_over_no_table": table_over, "table_over_no_table_median": round(statistics.median(table_over), 3),
            "rounds_table_faster": sum(r > 1 for r in table_over),
-           "ratio_to_null_median": {name: round(statistics.median(ratios(name, "null")), 4) for name in ("table", "no_table")},
+           "ratio_to_null_median": {name: round(statistics.median(ratios(name, "null")), 4)
+                                    for name in ("table", "no_table")},
            "answered_250": answered, "delivered_at_sink": delivered}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -20,13 +20,13 @@ import asyncio
 import json
 import random
 import shutil
-import signal
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
 from bench.corpus import machine, rows
-from bench.load import closed_loop, sink_count, start_sink, start_spamd, wire
+from bench.load import closed_loop, sink_count, start_sink, start_spamd, stop_daemons, warm_up, wire
 from spamd.config import DeliveryConfig
 
 DAEMONS = {"table": (True, "cnn_table = true"), "no_table": (True, "cnn_table = false"), "null": (False, "")}
@@ -50,14 +50,13 @@ def main() -> None:
     names = list(DAEMONS)
     peaks: dict[str, list[float]] = {name: [] for name in names}
     answered = 0
-    procs = []
+    procs: list[tuple[subprocess.Popen[bytes], int]] = []
     try:
         for scoring, extra in DAEMONS.values():
             procs.append(start_spamd(tmp, models_dir, sink_port, args.workers, scoring,
                                      DeliveryConfig().pool_size, extra))
         before = sink_count(sink_port)
-        for _, port in procs:  # warm-up: pools, caches, SQLite
-            answered += int(asyncio.run(closed_loop(port, msgs, args.clients, 2))["sent"])
+        answered = warm_up(procs, msgs, args.clients)
         for k in range(args.rounds):
             order = names[k % len(names):] + names[: k % len(names)]
             for name in order[::-1] if k % 2 else order:
@@ -67,10 +66,7 @@ def main() -> None:
             print(k, {name: peaks[name][-1] for name in names}, flush=True)
         delivered = sink_count(sink_port) - before
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in procs:
-            proc.wait(60)
+        stop_daemons(procs)
         sink.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -345,6 +345,19 @@ def run_config(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Na
             "answered_250": answered_250, "delivered_at_sink": delivered}
 
 
+def warm_up(procs: list[tuple[subprocess.Popen[bytes], int]], msgs: list[bytes], clients: int) -> int:
+    """A 2-second peak on each daemon (its pools, caches, SQLite); the messages they answered."""
+    return sum(int(asyncio.run(closed_loop(port, msgs, clients, 2))["sent"]) for _, port in procs)
+
+
+def stop_daemons(procs: list[tuple[subprocess.Popen[bytes], int]]) -> None:
+    """SIGTERM to every daemon, then wait for them all (they drain side by side)."""
+    for proc, _ in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc, _ in procs:
+        proc.wait(60)
+
+
 def alternating_pairs(tmp: Path, models_dir: Path, msgs: list[bytes], args: argparse.Namespace, sink_port: int,
                       workers: int) -> dict[str, object]:
     """The ratio to the null proxy from short peaks taken in turn, both daemons up at once.
@@ -358,9 +371,7 @@ def alternating_pairs(tmp: Path, models_dir: Path, msgs: list[bytes], args: argp
              for scoring in (True, False)]
     try:
         before = sink_count(sink_port)
-        answered = 0
-        for _, port in procs:  # warm-up: pools, caches, SQLite
-            answered += int(asyncio.run(closed_loop(port, msgs, args.clients, 2))["sent"])
+        answered = warm_up(procs, msgs, args.clients)
         pairs = []
         for k in range(args.pairs):
             rates: dict[bool, float] = {}
@@ -371,10 +382,7 @@ def alternating_pairs(tmp: Path, models_dir: Path, msgs: list[bytes], args: argp
             pairs.append({"scoring": rates[True], "null": rates[False], "ratio": round(rates[True] / rates[False], 3)})
         delivered = sink_count(sink_port) - before
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in procs:
-            proc.wait(60)
+        stop_daemons(procs)
     ratios = sorted(float(p["ratio"]) for p in pairs)
     return {"workers": workers, "pair_seconds": args.pair_seconds, "pairs": pairs,
             # the median proper: of an even number of pairs, the mean of the middle two (before

@@ -132,6 +132,7 @@ import logging, resource, sys, torch
 from spamd.nets.cnn import CNNConfig, FusedCNN, TableCNN, TextCNN
 from spamd.scorer import cnn_inference
 logging.basicConfig(stream=sys.stdout, level=logging.ERROR)
+torch.set_num_threads(1)  # no thread pool to start (stacks, malloc arenas) once the cap is on
 torch.manual_seed(0)
 cnn = TextCNN(CNNConfig()).eval()
 assert TableCNN.size(cnn.cfg) > 500 << 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -193,6 +195,22 @@ def test_a_reload_applies_cnn_table_and_builds_the_scorer_off_the_event_loop(
     send(p.port, HAM % 12)
     content = down.wait_for(1)[0].content
     assert b"X-Spam-Status: " in content and b"X-Spam-Status: Unknown" not in content
+
+
+def test_a_reload_frees_the_replaced_scorer(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
+    # The RNN task kept the last scorer it consulted until the RNN's next message: after a reload,
+    # the replaced models and their 528 MiB CNN table stayed for as long as no message went to it.
+    down = capture()
+    cfg = proxy_config(tiny_trained.models_dir, down.url, tmp_path, rnn_rule="always")
+    p = proxy(cfg)
+    send(p.port, HAM % 13)  # consulted by the RNN
+    assert b"rnn=" in down.wait_for(1)[0].content
+    old = weakref.ref(p.daemon.batcher.scorer)
+    p.call(p.daemon.reload(replace(cfg, scoring=replace(cfg.scoring, rnn_rule="never"))))
+    send(p.port, HAM % 14)
+    assert len(down.wait_for(2)) == 2
+    p.run(gc.collect)
+    assert old() is None
 
 
 @pytest.mark.slow

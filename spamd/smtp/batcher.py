@@ -94,20 +94,25 @@ class Batcher:
                 _settle(fut, result)
 
     async def _run_rnn(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake_rnn.wait()
             self._wake_rnn.clear()
             while self._waiting:
-                scorer = self._waiting[0][0]  # after a reload, each scorer consults its own messages
-                mine = [w for w in self._waiting if w[0] is scorer and not w[2].done()]
-                self._waiting = [w for w in self._waiting if w[0] is not scorer]
-                if not mine:
-                    continue
-                results = await loop.run_in_executor(self._rnn_executor, isolate, scorer.consult,
-                                                     [pending for _, pending, _ in mine])
-                for (_, _, fut), result in zip(mine, results, strict=True):
-                    _settle(fut, result)
+                await self._consult_oldest()
+
+    async def _consult_oldest(self) -> None:
+        """The RNN for the messages waiting on the scorer of the oldest one. After a reload each
+        scorer consults its own messages. Its own call, so that nothing here holds a replaced
+        scorer (and its models and CNN table) while the RNN task waits for more work."""
+        scorer = self._waiting[0][0]
+        mine = [w for w in self._waiting if w[0] is scorer and not w[2].done()]
+        self._waiting = [w for w in self._waiting if w[0] is not scorer]
+        if not mine:
+            return
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._rnn_executor, isolate, scorer.consult, [pending for _, pending, _ in mine])
+        for (_, _, fut), result in zip(mine, results, strict=True):
+            _settle(fut, result)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -71,8 +71,11 @@ class Batcher:
             if self._pending and len(self._pending) < self.max_batch:
                 await asyncio.sleep(self.wait_s)
             while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                await self._read(batch)
+                await self._read(self._next_batch())  # no local keeps a batch's messages while idle
+
+    def _next_batch(self) -> list[tuple[bytes, asyncio.Future[Verdict]]]:
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        return batch
 
     async def _read(self, batch: list[tuple[bytes, asyncio.Future[Verdict]]]) -> None:
         live = [(raw, fut) for raw, fut in batch if not fut.done()]  # skip messages that timed out

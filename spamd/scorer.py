@@ -18,7 +18,7 @@ from spamd.combine import RnnRule, consult_rnn, sigmoid
 from spamd.errors import ScoringError
 from spamd.features import token_ids
 from spamd.mail.parse import parse
-from spamd.modelstore import ModelSet
+from spamd.modelstore import WEIGHT_FILES, ModelSet
 from spamd.nets.cnn import FusedCNN, TableCNN, TextCNN
 from spamd.nets.ortrnn import OrtRNN
 from spamd.nets.rnn import FusedRNN, TextRNN
@@ -79,11 +79,13 @@ class Scorer:
     run on two threads at once (each one on a single thread, as torch's thread pool is set).
     """
 
-    def __init__(self, models: ModelSet, policy: ScoringPolicy | None = None, cnn_table: bool = False) -> None:
+    def __init__(self, models: ModelSet, policy: ScoringPolicy | None = None, cnn_table: bool = False,
+                 cnn: TableCNN | FusedCNN | None = None) -> None:
+        """`cnn`: an inference form already built from the same CNN weights (`reusable_cnn`)."""
         self.models = models
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
-        self.cnn = cnn_inference(models.cnn, cnn_table)
+        self.cnn = cnn or cnn_inference(models.cnn, cnn_table)
         self.rnn = rnn_inference(models.rnn)
         # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
         # tells a long message), and reads the rest only for the messages the RNN is asked about.
@@ -154,6 +156,19 @@ class Scorer:
             model=self.models.version,
             threshold=self.threshold,
         )
+
+
+def reusable_cnn(previous: Scorer | None, models: ModelSet, table: bool) -> TableCNN | None:
+    """The previous scorer's CNN table, when `models` carry the same CNN weights (the same file, by
+    its sha256) and a table is still wanted: a reload that keeps the model version (a SIGHUP for a
+    config change) then neither builds the table again nor holds two of them meanwhile."""
+    if previous is None or not table or not isinstance(previous.cnn, TableCNN):
+        return None
+    cnn_file = WEIGHT_FILES[0]
+    sha = models.manifest.files.get(cnn_file)
+    if sha is None or previous.models.manifest.files.get(cnn_file) != sha:
+        return None
+    return previous.cnn if previous.models.cnn.cfg == models.cnn.cfg else None
 
 
 def cnn_inference(cnn: TextCNN, table: bool) -> TableCNN | FusedCNN:

@@ -197,6 +197,31 @@ def test_a_reload_applies_cnn_table_and_builds_the_scorer_off_the_event_loop(
     assert b"X-Spam-Status: " in content and b"X-Spam-Status: Unknown" not in content
 
 
+def test_a_reload_keeps_the_cnn_table_while_the_cnn_stays_the_same(tiny_trained: TrainedTiny, tmp_path: Path,
+                                                                   capture, proxy):
+    # A SIGHUP for a config change reloads the same version: building its table again would cost
+    # the CPU and, meanwhile, a second 528 MiB table in each worker (for the starter).
+    models_dir = tmp_path / "models"
+    shutil.copytree(tiny_trained.models_dir, models_dir)
+    starter = modelstore.active_version(REPO / "models")
+    shutil.copytree(REPO / "models" / starter, models_dir / starter)
+    down = capture()
+    cfg = proxy_config(models_dir, down.url, tmp_path)
+    p = proxy(cfg)
+    table = p.daemon.batcher.scorer.cnn
+    assert isinstance(table, TableCNN)
+    tagged = replace(cfg, scoring=replace(cfg.scoring, subject_tag="[SPAM] "))
+    p.call(p.daemon.reload(tagged))
+    assert p.daemon.batcher.scorer.cnn is table and p.daemon.handler.policy.subject_tag == "[SPAM] "
+    p.call(p.daemon.reload(tagged, version=starter))  # other weights: a table of their own
+    assert isinstance(p.daemon.batcher.scorer.cnn, TableCNN) and p.daemon.batcher.scorer.cnn is not table
+    assert p.daemon.batcher.scorer.cnn.cfg == p.daemon.batcher.scorer.models.cnn.cfg != table.cfg
+    p.call(p.daemon.reload(replace(tagged, scoring=replace(tagged.scoring, cnn_table=False)), version=starter))
+    assert isinstance(p.daemon.batcher.scorer.cnn, FusedCNN)
+    send(p.port, HAM % 15)
+    assert b"X-Spam-Status: Unknown" not in down.wait_for(1)[0].content
+
+
 def test_a_reload_frees_the_replaced_scorer(tiny_trained: TrainedTiny, tmp_path: Path, capture, proxy):
     # The RNN task kept the last scorer it consulted until the RNN's next message: after a reload,
     # the replaced models and their 528 MiB CNN table stayed for as long as no message went to it.

@@ -23,7 +23,7 @@ from spamd.errors import ConfigError, ModelError, SpamdError, StoreError
 from spamd.modelstore import ModelSet
 from spamd.registry import ModelWatcher
 from spamd.scorelog import ScoreLogSink
-from spamd.scorer import Scorer, ScoringPolicy
+from spamd.scorer import Scorer, ScoringPolicy, reusable_cnn
 from spamd.smtp import hup, replies, xforward
 from spamd.smtp.actions import ActionPolicy
 from spamd.smtp.batcher import Batcher
@@ -49,14 +49,15 @@ def load_models(cfg: Config, version: str | None = None) -> ModelSet | None:
         return None
 
 
-def make_scorer(cfg: Config, models: ModelSet | None) -> Scorer | None:
-    """The scorer for these settings and models. Blocking (building the CNN's table takes about
-    half a second): never call it on the event loop."""
+def make_scorer(cfg: Config, models: ModelSet | None, previous: Scorer | None = None) -> Scorer | None:
+    """The scorer for these settings and models, keeping `previous`'s CNN table when the CNN is
+    the same. Blocking (building the CNN's table takes about half a second): never call it on the
+    event loop."""
     if models is None:
         return None
     s = cfg.scoring
     policy = ScoringPolicy(s.rnn_rule, s.uncertain_band, s.spam_threshold)
-    return Scorer(models, policy, cnn_table=s.cnn_table)
+    return Scorer(models, policy, cnn_table=s.cnn_table, cnn=reusable_cnn(previous, models, s.cnn_table))
 
 
 def freeze_heap() -> None:
@@ -215,7 +216,7 @@ class Daemon:
             if models is None and cfg.scoring.enabled:
                 log.error("reload failed: keeping the settings and models in use")
                 return self.version
-            self.batcher.scorer = await asyncio.to_thread(make_scorer, cfg, models)
+            self.batcher.scorer = await asyncio.to_thread(make_scorer, cfg, models, self.batcher.scorer)
             if self.frozen_heap:
                 freeze_heap()  # one full collection: frees the replaced models, freezes the new ones
             self.handler.policy = ActionPolicy.from_config(cfg.scoring)

@@ -32,6 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 HAM = b"Subject: notes\r\nFrom: Dan <dan@example.org>\r\nMessage-ID: <n%d@example.org>\r\n\r\nSee attached.\r\n"
 
 
+def tiny_and_starter(tiny_trained: TrainedTiny, tmp_path: Path) -> tuple[Path, str]:
+    """A models directory with the tiny version active and the full-size starter beside it."""
+    models_dir = tmp_path / "models"
+    shutil.copytree(tiny_trained.models_dir, models_dir)
+    starter = modelstore.active_version(REPO / "models")
+    shutil.copytree(REPO / "models" / starter, models_dir / starter)
+    return models_dir, starter
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,10 +210,7 @@ def test_a_reload_keeps_the_cnn_table_while_the_cnn_stays_the_same(tiny_trained:
                                                                    capture, proxy):
     # A SIGHUP for a config change reloads the same version: building its table again would cost
     # the CPU and, meanwhile, a second 528 MiB table in each worker (for the starter).
-    models_dir = tmp_path / "models"
-    shutil.copytree(tiny_trained.models_dir, models_dir)
-    starter = modelstore.active_version(REPO / "models")
-    shutil.copytree(REPO / "models" / starter, models_dir / starter)
+    models_dir, starter = tiny_and_starter(tiny_trained, tmp_path)
     down = capture()
     cfg = proxy_config(models_dir, down.url, tmp_path)
     p = proxy(cfg)
@@ -276,10 +282,7 @@ def test_reloads_run_one_at_a_time_and_the_later_one_stands(tiny_trained: Traine
     # The model watcher's reload (here loading the full-size starter, slowly) and a SIGHUP's (the tiny
     # active version, with a new subject tag) used to run side by side, and the one that finished
     # last won: the watcher's, with the config from before the SIGHUP, undid the new tag.
-    models_dir = tmp_path / "models"
-    shutil.copytree(tiny_trained.models_dir, models_dir)
-    starter = modelstore.active_version(REPO / "models")
-    shutil.copytree(REPO / "models" / starter, models_dir / starter)
+    models_dir, starter = tiny_and_starter(tiny_trained, tmp_path)
     down = capture()
     cfg = proxy_config(models_dir, down.url, tmp_path)
     p = proxy(cfg)

@@ -85,7 +85,7 @@ class Scorer:
         self.models = models
         self.policy = policy or ScoringPolicy()
         self.threshold = self.policy.threshold if self.policy.threshold is not None else models.manifest.threshold
-        self.cnn = cnn or cnn_inference(models.cnn, cnn_table)
+        self.cnn = cnn if cnn is not None else cnn_inference(models.cnn, cnn_table)
         self.rnn = rnn_inference(models.rnn)
         # The CNN reads only the first `window` tokens: `read` tokenizes that far (one more
         # tells a long message), and reads the rest only for the messages the RNN is asked about.

@@ -173,7 +173,7 @@ def reusable_cnn(previous: Scorer | None, models: ModelSet, table: bool) -> Tabl
 
 def cnn_inference(cnn: TextCNN, table: bool) -> TableCNN | FusedCNN:
     """The CNN's inference form. With `table` (`[scoring] cnn_table`, which the daemon reads),
-    `TableCNN`: about half the CPU a message, for a table built when the models load (528 MiB for
+    `TableCNN`: under half the CPU a message, for a table built when the models load (528 MiB for
     the starter CNN). Without it, or where that memory cannot be had, `FusedCNN`: the same scores
     by matrix products, with no table (an error is logged when the table was asked for)."""
     if table:

@@ -51,7 +51,7 @@ def load_models(cfg: Config, version: str | None = None) -> ModelSet | None:
 
 def make_scorer(cfg: Config, models: ModelSet | None, previous: Scorer | None = None) -> Scorer | None:
     """The scorer for these settings and models, keeping `previous`'s CNN table when the CNN is
-    the same. Blocking (building the CNN's table takes about half a second): never call it on the
+    the same. Blocking (building the CNN's table took 0.6 s in `bench/speed`): never call it on the
     event loop."""
     if models is None:
         return None
